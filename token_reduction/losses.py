@@ -1,0 +1,66 @@
+"""The training objective: rebuild every token from the kept ones, while keeping as few as possible."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+
+@dataclass
+class LossConfig:
+    """Weights of the loss terms.
+
+    Attributes:
+        mse_weight: weight of the MSE between reconstructed and original standardised features.
+        cosine_weight: weight of ``1 - cosine`` between reconstructed and original tokens.
+        sparsity_weight: weight of the sparsity term on the keep probabilities.
+        target_keep_rate: ``None`` penalises the mean keep probability itself (the paper's plain
+            penalty, the rate then follows from the weight); a number in (0, 1) penalises the squared
+            distance of each image's mean keep probability to that rate instead.
+    """
+
+    mse_weight: float = 1.0
+    cosine_weight: float = 1.0
+    sparsity_weight: float = 0.1
+    target_keep_rate: float | None = None
+
+
+def masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
+    """Mean over positions where ``weights`` (B, N) is nonzero (all positions when ``None``)."""
+    if weights is None:
+        return values.mean()
+    weights = weights.to(values.dtype)
+    return (values * weights).sum() / weights.sum().clamp_min(1.0)
+
+
+def reconstruction_terms(prediction: Tensor, target: Tensor, valid: Tensor | None = None) -> dict[str, Tensor]:
+    """Per-batch MSE and cosine error between ``(B, N, D)`` tensors, ignoring invalid positions."""
+    mse = (prediction.float() - target.float()).pow(2).mean(dim=-1)
+    cosine = F.cosine_similarity(prediction.float(), target.float(), dim=-1)
+    return {"mse": masked_mean(mse, valid), "cosine": masked_mean(cosine, valid)}
+
+
+def sparsity_term(keep_prob: Tensor, config: LossConfig, valid: Tensor | None = None) -> Tensor:
+    """Push the keep rate down (or toward ``target_keep_rate``)."""
+    if valid is None:
+        per_image = keep_prob.mean(dim=1)
+    else:
+        per_image = (keep_prob * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
+    if config.target_keep_rate is None:
+        return per_image.mean()
+    return (per_image - config.target_keep_rate).pow(2).mean()
+
+
+def total_loss(prediction: Tensor, target: Tensor, keep_prob: Tensor, config: LossConfig, valid: Tensor | None = None) -> dict[str, Tensor]:
+    """All terms plus their weighted sum under ``"loss"``; each term is logged separately."""
+    terms = reconstruction_terms(prediction, target, valid)
+    terms["sparsity"] = sparsity_term(keep_prob, config, valid)
+    terms["loss"] = (
+        config.mse_weight * terms["mse"]
+        + config.cosine_weight * (1.0 - terms["cosine"])
+        + config.sparsity_weight * terms["sparsity"]
+    )
+    return terms
