@@ -16,13 +16,12 @@ import torch
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
+from token_reduction.evaluation.metrics import TEXT_COVERAGE_THRESHOLD
 from token_reduction.losses import LossConfig, reconstruction_terms, total_loss
 from token_reduction.models import FeatureReconstructor, MaskedSequence, TokenSelector, TrunkConfig
 from token_reduction.models.selector import gumbel_keep_mask, gumbel_topk_mask, random_budget_mask
 from token_reduction.selection.base import budgets_per_image, valid_counts
 
-TEXT_COVERAGE = 0.25
-"""A patch counts as text when at least this fraction of it lies inside a ground-truth text box."""
 
 
 @dataclass
@@ -128,6 +127,14 @@ class TokenReductionModule(L.LightningModule):
             {stage: MetricCollection(self._comparison_metrics()) for stage in ("val", "test")}
         )
 
+    def set_eval_fractions(self, fractions: list[float] | tuple[float, ...]) -> None:
+        """Compare learned vs random at other kept fractions from now on (e.g. a denser test sweep)."""
+        self.eval_keep_fractions = [float(f) for f in fractions]
+        device = self.selector.head.weight.device
+        self.eval_metrics = torch.nn.ModuleDict(
+            {stage: MetricCollection(self._comparison_metrics()) for stage in ("val", "test")}
+        ).to(device)
+
     def _comparison_metrics(self) -> dict[str, MeanMetric]:
         metrics = {}
         for fraction in self.eval_keep_fractions:
@@ -220,7 +227,7 @@ class TokenReductionModule(L.LightningModule):
                 cosine = reconstruction_terms(self.reconstruct(target, mask.float()), target)["cosine"]
                 metrics[comparison_name("cosine", fraction, method)].update(cosine, weight=features.shape[0])
                 if text is not None:
-                    is_text = text >= TEXT_COVERAGE
+                    is_text = text >= TEXT_COVERAGE_THRESHOLD
                     if is_text.any():
                         recall = (mask & is_text).sum() / is_text.sum()
                         metrics[comparison_name("text_recall", fraction, method)].update(recall, weight=is_text.sum())

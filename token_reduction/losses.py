@@ -19,7 +19,8 @@ class LossConfig:
         sparsity_weight: weight of the sparsity term on the keep probabilities.
         target_keep_rate: ``None`` penalises the mean keep probability itself (the paper's plain
             penalty, the rate then follows from the weight); a number in (0, 1) penalises the squared
-            distance of each image's mean keep probability to that rate instead.
+            distance of the batch's mean keep probability to that rate instead, which pins the
+            average budget while each image still keeps as many tokens as it needs.
     """
 
     mse_weight: float = 1.0
@@ -51,7 +52,7 @@ def sparsity_term(keep_prob: Tensor, config: LossConfig, valid: Tensor | None = 
         per_image = (keep_prob * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
     if config.target_keep_rate is None:
         return per_image.mean()
-    return (per_image - config.target_keep_rate).pow(2).mean()
+    return (per_image.mean() - config.target_keep_rate).pow(2)
 
 
 def total_loss(prediction: Tensor, target: Tensor, keep_prob: Tensor, config: LossConfig, valid: Tensor | None = None) -> dict[str, Tensor]:

@@ -39,9 +39,10 @@ class TokenSelection:
     def keep_mask(self, num_tokens: int) -> Tensor:
         """``(B, N)`` bool mask of the input positions that were kept."""
         batch = self.indices.shape[0]
-        mask = torch.zeros(batch, num_tokens, dtype=torch.bool, device=self.indices.device)
-        mask.scatter_(1, self.indices, self.valid)
-        return mask
+        # Padding slots point at a spare column, so they can never overwrite a kept position.
+        mask = torch.zeros(batch, num_tokens + 1, dtype=torch.bool, device=self.indices.device)
+        mask.scatter_(1, torch.where(self.valid, self.indices, num_tokens), True)
+        return mask[:, :num_tokens]
 
     def per_image(self) -> list[Tensor]:
         """The kept tokens of each image without padding, ``[(K_b, D)]``."""

@@ -1,0 +1,230 @@
+"""What ``token-reduction extract`` reads: image lists, sidecar text boxes, and per-image crops.
+
+Decoding, tiling, preprocessing and mask pooling all happen in :class:`ImageDataset`, i.e. in
+DataLoader worker processes, so the main process only runs the encoder. Every failure for one
+image (unreadable file, bad sidecar) becomes an ``error`` on its item, never an exception.
+"""
+
+from __future__ import annotations
+
+import glob
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Sequence
+
+import torch
+from PIL import Image, ImageOps
+from torch import Tensor
+from torch.utils.data import Dataset
+
+from token_reduction.encoders.anyres import FULL_VIEW, CropView, anyres_views
+from token_reduction.encoders.base import ImageTransform
+from token_reduction.encoders.geometry import (
+    ViewRenderer,
+    output_size,
+    patch_coverage,
+    rasterize_boxes,
+    render_image,
+    render_mask,
+    source_box,
+)
+
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+SIDECAR_FIELDS = ("kind", "split", "source")
+TEXT_BOX_MODES = ("auto", "on", "off")
+
+
+@dataclass(frozen=True)
+class ImageInput:
+    """An image file and the name it gets in the cache (relative to the images root when inside it)."""
+
+    path: Path
+    rel: str
+
+
+def _is_image(path: Path) -> bool:
+    return path.suffix.lower() in IMAGE_EXTENSIONS
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return path.relative_to(root).as_posix()
+    except ValueError:
+        return path.as_posix()
+
+
+def find_images(spec: str | Path) -> tuple[Path, list[ImageInput]]:
+    """``(images_root, inputs)`` for a folder (recursive), a glob, a list file, or one image; sorted.
+
+    Folders and globs keep only files with image extensions (sidecars and indexes live beside the
+    images); a list file's entries are all kept, so a bad one is reported as skipped.
+    """
+    text = str(spec)
+    path = Path(text).expanduser()
+    if any(c in text for c in "*?[") and not path.exists():
+        matches = [Path(p) for p in glob.glob(str(path), recursive=True)]
+        files = [p.resolve() for p in matches if p.is_file() and _is_image(p)]
+        root = Path(*path.parts[: _glob_depth(path)] or ["."]).resolve()
+        where = f"glob {text!r}"
+    elif not path.exists():
+        raise FileNotFoundError(f"images path {text!r} does not exist (expected a folder, a glob, or a text file of paths)")
+    elif path.is_dir():
+        root = path.resolve()
+        files = [p.resolve() for p in root.rglob("*") if p.is_file() and _is_image(p)]
+        where = f"folder {text!r}"
+    elif _is_image(path):
+        root = path.resolve().parent
+        files = [path.resolve()]
+        where = text
+    else:
+        root = path.resolve().parent
+        files = []
+        for line in path.read_text(errors="replace").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                entry = Path(line).expanduser()
+                files.append((entry if entry.is_absolute() else root / entry).resolve())
+        where = f"list file {text!r}"
+    if not files:
+        raise ValueError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    inputs = sorted({ImageInput(p, _relative(p, root)) for p in files}, key=lambda item: item.rel)
+    return root, inputs
+
+
+def _glob_depth(path: Path) -> int:
+    """Number of leading path parts before the first one with a wildcard."""
+    for i, part in enumerate(path.parts):
+        if any(c in part for c in "*?["):
+            return i
+    return len(path.parts)
+
+
+def sidecar_path(image: Path) -> Path:
+    return image.with_suffix(".json")
+
+
+def read_sidecar(image: Path) -> dict[str, Any] | None:
+    """The image's ``NAME.json`` sidecar, validated, or ``None`` when there is none."""
+    path = sidecar_path(image)
+    if not path.is_file():
+        return None
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise ValueError(f"sidecar {path.name} is not valid JSON ({err})") from err
+    if not isinstance(data, dict):
+        raise ValueError(f"sidecar {path.name} should hold a JSON object")
+    boxes = data.get("boxes", [])
+    if not isinstance(boxes, list) or not all(
+        isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes
+    ):
+        raise ValueError(f"sidecar {path.name}: field 'boxes' should be a list of [x0, y0, x1, y1]")
+    return data
+
+
+def wants_text_boxes(inputs: Sequence[ImageInput], mode: str) -> bool:
+    """``auto``: on when any input has a sidecar with a ``boxes`` field (even an empty one)."""
+    if mode not in TEXT_BOX_MODES:
+        raise ValueError(f"text boxes mode {mode!r}: expected one of {TEXT_BOX_MODES}")
+    if mode != "auto":
+        return mode == "on"
+    for item in inputs:
+        path = sidecar_path(item.path)
+        if path.is_file():
+            try:
+                if "boxes" in json.loads(path.read_text()):
+                    return True
+            except (OSError, ValueError, TypeError):
+                continue
+    return False
+
+
+def load_image(path: Path) -> Image.Image:
+    """Decode fully (so errors surface here), apply EXIF orientation, convert to RGB."""
+    with Image.open(path) as image:
+        image.load()
+        image = ImageOps.exif_transpose(image)
+        return image.convert("RGB")
+
+
+@dataclass
+class PreparedImage:
+    """All crops of one image, ready for the encoder (``error`` set instead when it failed)."""
+
+    rel: str
+    pixels: Tensor | None = None
+    samples: list[dict[str, Any]] = field(default_factory=list)
+    text: Tensor | None = None
+    error: str | None = None
+
+
+class ImageDataset(Dataset):
+    """Per image: decode, cut views (full image, or AnyRes base + tiles), preprocess, pool text masks."""
+
+    def __init__(
+        self,
+        inputs: Sequence[ImageInput],
+        transform: ImageTransform,
+        patch_size: int,
+        pinpoints: Sequence[tuple[int, int]] | None = None,
+        text: bool = False,
+    ) -> None:
+        self.inputs = list(inputs)
+        self.transform = transform
+        self.patch_size = patch_size
+        self.pinpoints = list(pinpoints) if pinpoints else None
+        self.text = text
+
+    def __len__(self) -> int:
+        return len(self.inputs)
+
+    def views(self, size: tuple[int, int]) -> list[CropView]:
+        if self.pinpoints is None:
+            return [FULL_VIEW]
+        return anyres_views(size, self.transform.image_size, self.pinpoints)
+
+    def __getitem__(self, index: int) -> PreparedImage:
+        item = self.inputs[index]
+        try:
+            sidecar = read_sidecar(item.path)
+            image = load_image(item.path)
+            return self._prepare(item.rel, image, sidecar)
+        except Exception as err:  # noqa: BLE001 - one bad image must never stop a run
+            return PreparedImage(item.rel, error=f"{type(err).__name__}: {err}")
+
+    def _prepare(self, rel: str, image: Image.Image, sidecar: dict[str, Any] | None) -> PreparedImage:
+        size = (image.height, image.width)
+        views = self.views(size)
+        plans = [view.ops + tuple(self.transform.geometry(output_size(size, view.ops))) for view in views]
+        render = ViewRenderer(image, lambda im, ops: render_image(im, ops, self.transform.resample))
+        pixels = self.transform([render(view.ops) for view in views])
+        meta = {k: sidecar[k] for k in SIDECAR_FIELDS if sidecar and k in sidecar}
+        samples = []
+        for view, plan in zip(views, plans):
+            samples.append({
+                "id": rel if view.name == "full" else f"{rel}#{view.name}",
+                "image": rel,
+                "crop": list(view.crop) if isinstance(view.crop, tuple) else view.crop,
+                "crop_box": [round(v, 2) for v in source_box(size, plan)],
+                "source_size": [image.width, image.height],
+                **meta,
+            })
+        text = None
+        if self.text:
+            text = self._text_coverage(size, (sidecar or {}).get("boxes") or [], plans)
+        return PreparedImage(rel, pixels, samples, text)
+
+    def _text_coverage(self, size: tuple[int, int], boxes: list, plans: list[tuple]) -> Tensor:
+        """Fraction of each patch covered by text: rasterise, follow each view's plan, average per patch."""
+        rows, cols = (s // self.patch_size for s in self.transform.image_size)
+        if not boxes:
+            return torch.zeros(len(plans), rows * cols)
+        render = ViewRenderer(rasterize_boxes(boxes, size), render_mask)
+        masks = torch.stack([render(plan) for plan in plans])
+        return patch_coverage(masks, self.patch_size)
+
+
+def first_item(batch: list[PreparedImage]) -> PreparedImage:
+    """DataLoader collate for batch_size=1: items are ragged, the main loop regroups them."""
+    return batch[0]
