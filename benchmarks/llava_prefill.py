@@ -1,0 +1,292 @@
+"""What pruning buys at inference: LLM prefill time and memory of LLaVA-OneVision vs keep ratio.
+
+Builds LLaVA-OneVision with real-size shapes and random weights (SigLIP so400m-patch14-384 tower,
+a Qwen2-0.5B-sized LLM; no download), feeds it one image (384x384: base crop + one AnyRes tile,
+or ``--anyres`` 768x768: base + 2x2 tiles) and measures, in one run:
+
+* LLM prefill (embedding, placeholder scatter, all decoder layers, last-token logits, KV cache)
+  time and peak memory at keep 1.0 / 0.5 / 0.25 / 0.1 (``torch.utils.benchmark.Timer``; memory from
+  ``torch.cuda.max_memory_allocated`` on GPU, from the profiler's allocator trace on CPU);
+* the selector's own time next to the vision tower's forward, i.e. its overhead;
+* time to first token (vision + selector + projector + prefill) against the unpatched model.
+
+Writes ``benchmarks/results/llava_prefill.json`` and prints a markdown table. ``--quick`` (for
+CPUs) shrinks *depth only* (``--scale``, default 1/8 of the layers); widths, token counts and the
+selector stay real, so prefill ratios keep their meaning but absolute times do not, and the
+selector overhead is also reported extrapolated to the full-depth tower.
+
+    python benchmarks/llava_prefill.py --device cuda            # full size, bf16
+    python benchmarks/llava_prefill.py --quick --device cpu     # about a minute on a laptop
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+import torch
+from torch.utils.benchmark import Timer
+
+from token_reduction.llava import prune_visual_tokens
+from token_reduction.llava.common import run_selector
+from token_reduction.models.backbone import TrunkConfig
+from token_reduction.models.selector import TokenSelector
+
+KEEPS = (1.0, 0.5, 0.25, 0.1)
+RESULTS = Path(__file__).resolve().parent / "results" / "llava_prefill.json"
+IMAGE_TOKEN, VIDEO_TOKEN = 151646, 151647
+
+
+@dataclass
+class Shapes:
+    """LLaVA-OneVision-0.5B-like shapes; ``vision_layers``/``llm_layers`` shrink with ``--scale``."""
+
+    vision_hidden: int = 1152
+    vision_layers: int = 27
+    vision_heads: int = 16
+    vision_intermediate: int = 4304
+    patch: int = 14
+    image: int = 384
+    llm_hidden: int = 896
+    llm_layers: int = 24
+    llm_heads: int = 14
+    llm_kv_heads: int = 2
+    llm_intermediate: int = 4864
+    vocab: int = 151936
+
+    def scaled(self, scale: float) -> "Shapes":
+        depth = dict(vision_layers=max(1, round(self.vision_layers * scale)), llm_layers=max(1, round(self.llm_layers * scale)))
+        return Shapes(**(asdict(self) | depth))
+
+
+def build_model(shapes: Shapes, device: torch.device, dtype: torch.dtype) -> Any:
+    """Random-weight LLaVA-OneVision, initialised directly on ``device`` in ``dtype``."""
+    from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
+
+    vision = SiglipVisionConfig(
+        hidden_size=shapes.vision_hidden, num_hidden_layers=shapes.vision_layers, num_attention_heads=shapes.vision_heads,
+        intermediate_size=shapes.vision_intermediate, patch_size=shapes.patch, image_size=shapes.image, vision_use_head=False,
+    )  # fmt: skip
+    text = Qwen2Config(
+        hidden_size=shapes.llm_hidden, num_hidden_layers=shapes.llm_layers, num_attention_heads=shapes.llm_heads,
+        num_key_value_heads=shapes.llm_kv_heads, intermediate_size=shapes.llm_intermediate, vocab_size=shapes.vocab,
+        max_position_embeddings=32768, tie_word_embeddings=True,
+    )  # fmt: skip
+    config = LlavaOnevisionConfig(
+        vision_config=vision, text_config=text, image_token_index=IMAGE_TOKEN, video_token_index=VIDEO_TOKEN,
+        vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
+        image_grid_pinpoints=[[i * shapes.image, j * shapes.image] for i in range(1, 7) for j in range(1, 7)],
+    )  # fmt: skip
+    with torch.device(device):
+        model = LlavaOnevisionForConditionalGeneration._from_config(config, dtype=dtype)
+    return model.eval()
+
+
+def load_or_make_selector(path: str | None, width: int | None, dim: int) -> TokenSelector:
+    """An exported selector, or a random one shaped like ``lightning_configs/siglip_so400m_384.yaml``."""
+    if path:
+        return TokenSelector.from_pretrained(path)
+    return TokenSelector(dim, TrunkConfig(width=width, depth=3, heads=16 if width is None else 8)).eval()
+
+
+def seconds(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> float:
+    """Mean seconds per call over ``repeats`` calls (CUDA is synchronised by ``Timer``)."""
+    if warmup:
+        fn()
+    return Timer(stmt="fn()", globals={"fn": fn}).timeit(repeats).median
+
+
+def peak_bytes(fn: Callable[[], Any], device: torch.device) -> int:
+    """Peak bytes allocated *during* ``fn`` on top of what was live before it."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        fn()
+        torch.cuda.synchronize(device)
+        return torch.cuda.max_memory_allocated(device) - before
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    with tempfile.TemporaryDirectory() as folder:
+        trace = Path(folder) / "trace.json"
+        prof.export_chrome_trace(str(trace))
+        events = json.loads(trace.read_text())["traceEvents"]
+    totals = [e["args"]["Total Allocated"] for e in events if e.get("name") == "[memory]" and "Total Allocated" in e.get("args", {})]
+    return max(totals, default=0)
+
+
+def make_inputs(pruned: Any, image_size: tuple[int, int], device: torch.device, dtype: torch.dtype) -> dict[str, torch.Tensor]:
+    """Processor-shaped inputs for one image: prompt text around the image's placeholders."""
+    sizes = torch.tensor([image_size], device=device)
+    (layout,) = pruned.layouts(sizes)
+    side = pruned.config.vision_config.image_size // pruned.config.vision_config.patch_size
+    generator = torch.Generator().manual_seed(0)
+    prefix, suffix = torch.randint(0, 150000, (12,), generator=generator), torch.randint(0, 150000, (24,), generator=generator)
+    ids = torch.cat([prefix, torch.full((layout.tokens_before(side * side),), IMAGE_TOKEN), suffix])[None].to(device)
+    pixels = torch.randn(1, layout.num_crops, 3, *(2 * [pruned.config.vision_config.image_size]), generator=generator)
+    return {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "pixel_values": pixels.to(device, dtype),
+        "image_sizes": sizes,
+    }
+
+
+def run(
+    quick: bool = True,
+    device: str = "cpu",
+    *,
+    scale: float | None = None,
+    anyres: bool = False,
+    image_size: tuple[int, int] | None = None,
+    selector: str | None = None,
+    selector_width: int | None = None,
+    repeats: int | None = None,
+    output: str | os.PathLike[str] | None = RESULTS,
+    shapes: Shapes | None = None,
+) -> dict[str, Any]:
+    """Measure everything once and return (and write, unless ``output`` is None) the results.
+
+    ``shapes`` replaces the real-size shapes (tests use tiny ones); ``scale`` then still applies.
+    """
+    torch.manual_seed(0)
+    dev = torch.device(device)
+    dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
+    scale = scale if scale is not None else (0.125 if quick else 1.0)
+    repeats = repeats or (2 if quick else 10)
+    reference = shapes or Shapes()
+    shapes = reference.scaled(scale)
+    started = time.perf_counter()
+    model = build_model(shapes, dev, dtype)
+    build_s = time.perf_counter() - started
+    pruned = prune_visual_tokens(model, load_or_make_selector(selector, selector_width, shapes.vision_hidden))
+    side = 2 * shapes.image if anyres else shapes.image
+    image_size = image_size or (side, side)
+    inputs = make_inputs(pruned, image_size, dev, dtype)
+    (layout,) = pruned.layouts(inputs["image_sizes"])
+
+    with torch.inference_mode():
+        features = pruned.vision_features(inputs["pixel_values"], [layout.num_crops])
+        valid = layout.valid_mask(features.shape[1], features.device)
+        grid = shapes.image // shapes.patch
+        vision_s = seconds(lambda: pruned.vision_features(inputs["pixel_values"], [layout.num_crops]), repeats)
+        selector_s = seconds(lambda: run_selector(pruned.selector, features, valid, 0.5, None, (grid, grid)), repeats)
+        baseline_s = seconds(lambda: model(**inputs, logits_to_keep=1), repeats)
+        rows = []
+        for keep in KEEPS:
+            prepared = pruned.prepare(**inputs, keep=keep)
+            kwargs = prepared.model_kwargs() | {"logits_to_keep": 1, "use_cache": True}
+            prefill = lambda kwargs=kwargs: model(**kwargs)  # noqa: E731
+            prefill_s = seconds(prefill, repeats)
+            # Vision + selector + projector: already warm, and nearly constant across keeps.
+            encode_s = seconds(lambda keep=keep: pruned.prepare(**inputs, keep=keep), 1 if quick else repeats, warmup=False)
+            rows.append(
+                {
+                    "keep": keep,
+                    "visual_tokens": prepared.tokens_after[0],
+                    "llm_tokens": int(prepared.attention_mask.sum()),
+                    "prefill_s": prefill_s,
+                    "prefill_peak_mib": peak_bytes(prefill, dev) / 2**20,
+                    "encode_s": encode_s,
+                    "ttft_s": encode_s + prefill_s,
+                }
+            )
+    full = rows[0]
+    for row in rows:
+        row["prefill_speedup"] = full["prefill_s"] / row["prefill_s"]
+        row["prefill_memory_ratio"] = row["prefill_peak_mib"] / full["prefill_peak_mib"] if full["prefill_peak_mib"] else None
+        row["ttft_speedup_vs_unpatched"] = baseline_s / row["ttft_s"]
+    full_depth_vision_s = vision_s * reference.vision_layers / shapes.vision_layers
+    results = {
+        "benchmark": "llava_prefill",
+        "quick": quick,
+        "note": (
+            f"QUICK MODE: depth reduced to {shapes.vision_layers}/{reference.vision_layers} vision and "
+            f"{shapes.llm_layers}/{reference.llm_layers} LLM layers (widths, token counts and selector are real); absolute "
+            "times are not representative, and TTFT pits the full-size selector against the shallow tower"
+            if scale < 1
+            else "full-size shapes"
+        ),
+        "device": str(dev) if dev.type == "cpu" else torch.cuda.get_device_name(dev),
+        "dtype": str(dtype).removeprefix("torch."),
+        "threads": torch.get_num_threads(),
+        "shapes": asdict(shapes),
+        "selector": pruned.selector.config() | {"params": sum(p.numel() for p in pruned.selector.parameters())},
+        "image_size": inputs["image_sizes"][0].tolist(),
+        "crops": layout.num_crops,
+        "visual_tokens_unpruned": full["visual_tokens"],
+        "repeats": repeats,
+        "build_s": build_s,
+        "vision_tower_s": vision_s,
+        "selector_s": selector_s,
+        "selector_overhead_pct": 100 * selector_s / vision_s,
+        "selector_overhead_full_depth_tower_pct": 100 * selector_s / full_depth_vision_s,
+        "unpatched_forward_s": baseline_s,
+        "keeps": rows,
+    }
+    if output is not None:
+        Path(output).parent.mkdir(parents=True, exist_ok=True)
+        Path(output).write_text(json.dumps(results, indent=2))
+    return results
+
+
+def markdown(results: dict[str, Any]) -> str:
+    """The ratios table (speed-up vs keep 1.0, memory ratio, time to first token) plus overheads."""
+    lines = [
+        f"LLaVA-OneVision prefill, {results['device']} ({results['dtype']}), image {results['image_size']} "
+        f"({results['crops']} crops, {results['visual_tokens_unpruned']} visual tokens). {results['note']}.",
+        "",
+        "| keep | visual tokens | LLM tokens | prefill (ms) | prefill speed-up | peak prefill mem (MiB) | mem ratio "
+        "| TTFT speed-up vs unpatched |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for r in results["keeps"]:
+        ratio = f"{r['prefill_memory_ratio']:.2f}" if r["prefill_memory_ratio"] is not None else "n/a"
+        lines.append(
+            f"| {r['keep']:.2f} | {r['visual_tokens']} | {r['llm_tokens']} | {1000 * r['prefill_s']:.1f} | "
+            f"{r['prefill_speedup']:.2f}x | {r['prefill_peak_mib']:.0f} | {ratio} | {r['ttft_speedup_vs_unpatched']:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Selector: {1000 * results['selector_s']:.1f} ms vs vision tower {1000 * results['vision_tower_s']:.1f} ms "
+        f"= {results['selector_overhead_pct']:.1f}% overhead"
+        + (
+            f" ({results['selector_overhead_full_depth_tower_pct']:.1f}% of the full-depth tower, extrapolated per layer)"
+            if results["quick"]
+            else ""
+        ),
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="reduced depth (see --scale), 2 repeats: for CPUs")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--scale", type=float, default=None, help="fraction of layers to build (default 1/8 with --quick, else 1)")
+    parser.add_argument("--anyres", action="store_true", help="a 768x768 image (base + 2x2 tiles) instead of 384x384")
+    parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
+    parser.add_argument("--selector", default=None, help="exported selector folder (default: random, paper-sized)")
+    parser.add_argument("--selector-width", type=int, default=None, help="width of the random selector (default: feature dim)")
+    parser.add_argument("--repeats", type=int, default=None)
+    parser.add_argument("--output", default=str(RESULTS))
+    args = parser.parse_args(argv)
+    results = run(
+        args.quick, args.device, scale=args.scale, anyres=args.anyres, image_size=tuple(args.image_size) if args.image_size else None,
+        selector=args.selector, selector_width=args.selector_width, repeats=args.repeats, output=args.output,
+    )  # fmt: skip
+    print(markdown(results))
+    print(f"\nwrote {args.output}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
