@@ -37,11 +37,14 @@ def test_every_shipped_config_parses(config: Path, synthetic_cache: Path) -> Non
     assert yaml.safe_load(config.read_text())  # and every key is commented YAML, not empty
 
 
-def test_fit_validate_test_with_fast_dev_run(synthetic_cache: Path, tmp_path: Path) -> None:
-    for stage in ("fit", "validate", "test"):
+def test_fit_validate_test_predict_with_fast_dev_run(synthetic_cache: Path, tmp_path: Path) -> None:
+    for stage in ("fit", "validate", "test", "predict"):
         cli = lightning_main([stage, *run_args(synthetic_cache, tmp_path / stage, "--trainer.fast_dev_run", "true")])
         assert cli.model.hparams.dim == 16 and tuple(cli.model.hparams.grid) == (4, 4)  # linked from the manifest
-    assert cli.trainer.callback_metrics["test/loss"] > 0
+        if stage == "test":
+            assert cli.trainer.callback_metrics["test/loss"] > 0
+    predictions = cli.trainer.predict_loop.predictions
+    assert predictions and predictions[0]["keep_prob"].shape[1:] == (16,)
 
 
 def test_fit_writes_checkpoint_tensorboard_and_exported_selector(synthetic_cache: Path, tmp_path: Path) -> None:

@@ -21,7 +21,7 @@ TOOLS: dict[str, tuple[str, str, str]] = {
     "demo": ("token_reduction.demo", "demo_main", "offline end-to-end run on the embedded default data"),
     "evaluate": ("token_reduction.evaluation.evaluate_cli", "evaluate_main", "compare learned and training-free selection"),
     "export": ("token_reduction.export", "export_main", "write the trained selector of a checkpoint to a folder"),
-    "chat": ("token_reduction.chat", "chat_main", "ask a LLaVA model about an image with a pruned visual context"),
+    "chat": ("token_reduction.chat", "chat_main", "ask a LLaVA model about images or a video with a pruned visual context"),
 }
 
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
+from matplotlib.figure import Figure
 
+from token_reduction.evaluation.plots import save_figure
 from token_reduction.lit_module import TokenReductionModule, comparison_name
 from token_reduction.models.selector import random_budget_mask
 
@@ -65,13 +68,9 @@ def comparison_table(summary: dict[str, Any]) -> str:
 
 def draw_curves(summary: dict[str, Any], path: Path) -> Path:
     """``curves.png``: reconstruction cosine and text-patch recall vs kept fraction."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fractions = summary["fractions"]
-    fig, axes = plt.subplots(1, 2, figsize=(10, 4))
+    fig = Figure(figsize=(10, 4))
+    axes = fig.subplots(1, 2)
     titles = {"cosine": "reconstruction cosine (held-out)", "text_recall": "text-patch recall (held-out)"}
     for ax, metric in zip(axes, METRICS):
         for method, style in (("learned", "o-"), ("random", "s--")):
@@ -88,12 +87,7 @@ def draw_curves(summary: dict[str, Any], path: Path) -> Path:
         ax.legend()
     fig.suptitle(f"learned vs random selection — {summary['encoder']}")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)
 
 
 def _grey_out(image: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) -> torch.Tensor:
@@ -106,18 +100,15 @@ def _grey_out(image: torch.Tensor, keep: torch.Tensor, grid: tuple[int, int]) ->
 
 def draw_overlay(module: TokenReductionModule, datamodule: Any, images_root: Path, path: Path, seed: int = 0) -> Path | None:
     """The paper's Figure 1 on a held-out page: original | random 40% kept | learned 40% kept."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
     from PIL import Image
 
     cache = datamodule.cache
     split = datamodule.split_indices["test"] or datamodule.split_indices["val"]
-    pages = [i for i in split if cache.samples[i].get("kind") in ("document", "receipt", "chart")]
+    preference = {"document": 0, "receipt": 1, "chart": 2}
+    pages = sorted((preference[kind], i) for i in split if (kind := cache.samples[i].get("kind")) in preference)
     if not pages:
         return None
-    index = pages[0]
+    index = pages[0][1]
     record = cache.samples[index]
     image_path = Path(images_root) / record["image"]
     if not image_path.exists():
@@ -129,23 +120,19 @@ def draw_overlay(module: TokenReductionModule, datamodule: Any, images_root: Pat
     random = random_budget_mask(features, OVERLAY_FRACTION, generator=torch.Generator().manual_seed(seed))[0]
     height, width = cache.manifest.image_size or (336, 336)
     picture = torch.from_numpy(
-        __import__("numpy").asarray(Image.open(image_path).convert("RGB").resize((width, height)), dtype="float32") / 255.0
+        np.asarray(Image.open(image_path).convert("RGB").resize((width, height)), dtype="float32") / 255.0
     )
     panels = [
         ("original", picture),
         (f"random {OVERLAY_FRACTION:.0%} kept", _grey_out(picture, random, module.grid)),
         (f"learned {OVERLAY_FRACTION:.0%} kept", _grey_out(picture, learned, module.grid)),
     ]
-    fig, axes = plt.subplots(1, 3, figsize=(12, 4.4))
+    fig = Figure(figsize=(12, 4.4))
+    axes = fig.subplots(1, 3)
     for ax, (title, panel) in zip(axes, panels):
         ax.imshow(panel.clamp(0, 1).numpy())
         ax.set_title(title)
         ax.axis("off")
     fig.suptitle(f"held-out {record.get('kind')} {record['image']}: dropped patches greyed out")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
+    return save_figure(fig, path)

@@ -41,11 +41,17 @@ class BudgetTrainingConfig:
     Budget batches teach the selector a good RANKING at every keep rate, which budget-mode
     inference relies on, and show the reconstructor every mask size. ``probability: 0`` is the
     paper's purely adaptive training.
+
+    ``random_share`` of each batch's images get a uniformly random mask instead (budget drawn
+    from the same range). The reconstructor then cannot co-adapt to one selection pattern and
+    read content from WHERE tokens were dropped, which otherwise lets a selector drift to a
+    content-blind, positional mask. ``0`` is the paper's setting.
     """
 
     probability: float = 0.5
     min_keep: float = 0.05
     max_keep: float = 0.9
+    random_share: float = 0.0
 
 
 @dataclass
@@ -182,6 +188,10 @@ class TokenReductionModule(L.LightningModule):
         """Reconstructor output for standardised ``target`` with dropped positions masked."""
         return self.reconstructor(self.mask_embedding(target, keep_mask), self.grid)
 
+    def _random_fraction(self) -> float:
+        cfg = self.budget_training
+        return cfg.min_keep + (cfg.max_keep - cfg.min_keep) * float(torch.rand(()))
+
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         features = batch["features"]
         target = self.selector.standardize(features)
@@ -189,11 +199,14 @@ class TokenReductionModule(L.LightningModule):
         tau = self.temperature()
         budget_cfg = self.budget_training
         if budget_cfg.probability > 0 and torch.rand(()) < budget_cfg.probability:
-            fraction = budget_cfg.min_keep + (budget_cfg.max_keep - budget_cfg.min_keep) * float(torch.rand(()))
-            budgets = budgets_per_image(fraction, valid_counts(features, None))
+            budgets = budgets_per_image(self._random_fraction(), valid_counts(features, None))
             keep_mask = gumbel_topk_mask(logits, budgets, tau)
         else:
             keep_mask = gumbel_keep_mask(logits, tau)
+        num_random = round(budget_cfg.random_share * features.shape[0])
+        if num_random:
+            random_mask = random_budget_mask(features[:num_random], self._random_fraction()).to(keep_mask.dtype)
+            keep_mask = torch.cat([random_mask, keep_mask[num_random:]])
         prediction = self.reconstruct(target, keep_mask)
         terms = total_loss(prediction, target, torch.sigmoid(logits), self.loss_config)
         kept = keep_mask.detach().mean(dim=1)

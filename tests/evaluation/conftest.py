@@ -12,15 +12,6 @@ from token_reduction.models.backbone import TrunkConfig
 from token_reduction.models.selector import TokenSelector
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin (100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def tiny_neutral() -> dict:
     return dict(TINY_NEUTRAL)

@@ -12,15 +12,6 @@ from token_reduction.selection.base import TokenSelection
 GRID = (6, 6)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny tensors on a shared 2-core machine: extra intra-op threads only spin (100x slower)."""
-    previous = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(previous)
-
-
 @pytest.fixture
 def grid() -> tuple[int, int]:
     return GRID

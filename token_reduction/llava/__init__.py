@@ -75,27 +75,29 @@ def load_pruned_llava(
     threshold: float | None = None,
     device: str | torch.device | None = None,
     dtype: str | torch.dtype = "auto",
+    *,
+    temporal: bool = False,
+    **temporal_options: Any,
 ) -> tuple[PrunedLlava, Any]:
     """Model + processor from a folder or hub id, wrapped with ``selector``; for the CLI and lmms-eval.
 
     ``dtype="auto"`` means bfloat16 on CUDA and float32 elsewhere. The tokenizer pads on the left,
-    as batched generation needs.
+    as batched generation needs. ``temporal`` and ``temporal_options`` set how videos are pruned
+    (see :func:`token_reduction.llava.video.prune_video_tokens`).
     """
-    from transformers import AutoModelForImageTextToText, AutoProcessor
+    from transformers import AutoModelForImageTextToText
+
+    from token_reduction.llava.video import load_processor, prune_video_tokens
 
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype)
-    processor = AutoProcessor.from_pretrained(pretrained)
-    processor.tokenizer.padding_side = "left"
+    processor = load_processor(pretrained)
     model = AutoModelForImageTextToText.from_pretrained(pretrained, dtype=dtype).to(device).eval()
-    if not isinstance(selector, (str, os.PathLike)):
-        method = selector
-    else:
-        method = load_selector(selector, device)
-    return prune_visual_tokens(model, method, keep=keep, threshold=threshold), processor
+    method = selector if not isinstance(selector, (str, os.PathLike)) else load_selector(selector, device)
+    return prune_video_tokens(model, method, keep, threshold, temporal=temporal, **temporal_options), processor
 
 
 def build_prompt(processor: Any, text: str, num_images: int) -> str:

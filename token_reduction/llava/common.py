@@ -15,7 +15,9 @@ The pipeline for one call is the same for LLaVA-NeXT and LLaVA-OneVision:
 Nothing in the wrapped model is patched. This module holds what does not depend on the family:
 calling the selector, rebuilding the token sequence and the :class:`PrunedLlava` wrapper.
 ``next.py`` encodes images over LLaVA-NeXT's AnyRes geometry; ``onevision.py`` adds OneVision's
-differences.
+differences, including videos (frames pruned on the pooled grid the LLM reads, per frame or across
+frames; see :mod:`token_reduction.llava.video`). Videos follow the same steps with their own
+``<video>`` placeholders and ``mm_encoder_outputs["video"]``.
 """
 
 from __future__ import annotations
@@ -125,6 +127,20 @@ class PrunedImage:
 
 
 @dataclass
+class PrunedVideo(PrunedImage):
+    """What one video contributes: its frames' kept tokens then its trailing newline(s).
+
+    ``frames_before``/``frames_after`` count each frame's visual tokens without and with pruning;
+    ``before``/``after`` add the ``newlines`` the model appends after the last frame.
+    """
+
+    frames_before: list[int] = field(default_factory=list)
+    frames_after: list[int] = field(default_factory=list)
+    newlines: int = 1
+    temporal: bool = False
+
+
+@dataclass
 class PrunedInputs:
     """Model inputs after pruning, plus per-image token counts for reporting."""
 
@@ -134,14 +150,25 @@ class PrunedInputs:
     position_ids: Tensor | None = None
     labels: Tensor | None = None
     mm_encoder_outputs: dict[str, Any] = field(default_factory=dict)
+    videos: list[PrunedVideo] = field(default_factory=list)
 
     @property
     def tokens_before(self) -> list[int]:
+        """Visual positions per *image* without pruning (videos: :attr:`video_tokens_before`)."""
         return [image.before for image in self.images]
 
     @property
     def tokens_after(self) -> list[int]:
         return [image.after for image in self.images]
+
+    @property
+    def video_tokens_before(self) -> list[int]:
+        """Visual positions per video without pruning (every frame plus the trailing newline)."""
+        return [video.before for video in self.videos]
+
+    @property
+    def video_tokens_after(self) -> list[int]:
+        return [video.after for video in self.videos]
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "mm_encoder_outputs": self.mm_encoder_outputs}
@@ -159,6 +186,33 @@ def infer_padding_side(attention_mask: Tensor, default: str) -> str:
     return default
 
 
+def drop_placeholders(
+    input_ids: Tensor, real: Tensor, keep: Tensor, token_id: int, items: list[PrunedImage], what: str = "image"
+) -> None:
+    """Clear ``keep`` on the placeholders of ``token_id`` that ``items`` (in reading order) dropped.
+
+    Each item's run keeps its first ``after`` placeholders; the tokens are scattered in order, so
+    which placeholders of a run survive does not matter, only how many.
+    """
+    item = 0
+    for row in range(input_ids.shape[0]):
+        slots = ((input_ids[row] == token_id) & real[row]).nonzero().squeeze(1).tolist()
+        start = 0
+        while start < len(slots):
+            if item >= len(items):
+                raise ValueError(f"input_ids hold more <{what}> placeholders than the {len(items)} {what}s need")
+            before, after = items[item].before, items[item].after
+            if start + before > len(slots):
+                raise ValueError(
+                    f"{what} {item} needs {before} placeholders but row {row} has only {len(slots) - start} left; "
+                    "was the prompt expanded by a processor configured for this model?"
+                )
+            keep[row, slots[start + after : start + before]] = False
+            start, item = start + before, item + 1
+    if item != len(items):
+        raise ValueError(f"{len(items)} {what}s were encoded but input_ids hold placeholders for {item}")
+
+
 def shorten_placeholders(
     input_ids: Tensor,
     attention_mask: Tensor | None,
@@ -169,38 +223,30 @@ def shorten_placeholders(
     padding_side: str | None = None,
     position_ids: Tensor | None = None,
     labels: Tensor | None = None,
+    videos: list[PrunedVideo] | None = None,
+    video_token_id: int | None = None,
 ) -> PrunedInputs:
-    """Cut each image's placeholder run to its kept length and re-pad the batch.
+    """Cut each image's (and video's) placeholder run to its kept length and re-pad the batch.
 
-    Images are matched to placeholders in reading order, as ``masked_scatter`` does. Caller-given
-    ``position_ids`` keep their values for surviving tokens minus the number of tokens dropped
-    before them, so positions stay contiguous; without them, positions are rebuilt from the new
-    attention mask when the batch is padded (the rule ``generate`` uses).
+    Images are matched to placeholders in reading order, as ``masked_scatter`` does; videos are
+    matched to ``video_token_id`` placeholders the same way. Caller-given ``position_ids`` keep
+    their values for surviving tokens minus the number of tokens dropped before them, so positions
+    stay contiguous; without them, positions are rebuilt from the new attention mask when the batch
+    is padded (the rule ``generate`` uses).
     """
     if attention_mask is None:
         attention_mask = torch.ones_like(input_ids)
     side = padding_side or infer_padding_side(attention_mask, "left")
     if side not in ("left", "right"):
         raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
+    videos = list(videos or [])
     real = attention_mask.bool()
     keep = real.clone()
-    image = 0
-    for row in range(input_ids.shape[0]):
-        slots = ((input_ids[row] == image_token_id) & real[row]).nonzero().squeeze(1).tolist()
-        start = 0
-        while start < len(slots):
-            if image >= len(images):
-                raise ValueError(f"input_ids hold more <image> placeholders than the {len(images)} images need")
-            before, after = images[image].before, images[image].after
-            if start + before > len(slots):
-                raise ValueError(
-                    f"image {image} needs {before} placeholders but row {row} has only {len(slots) - start} left; "
-                    "was the prompt expanded by a processor configured for this model?"
-                )
-            keep[row, slots[start + after : start + before]] = False
-            start, image = start + before, image + 1
-    if image != len(images):
-        raise ValueError(f"{len(images)} images were encoded but input_ids hold placeholders for {image}")
+    drop_placeholders(input_ids, real, keep, image_token_id, images, "image")
+    if videos or video_token_id is not None:
+        if video_token_id is None:
+            raise ValueError("videos were encoded but no video_token_id was given")
+        drop_placeholders(input_ids, real, keep, video_token_id, videos, "video")
     lengths = keep.sum(dim=1)
     width = int(lengths.max())
     arange = torch.arange(width, device=input_ids.device)
@@ -224,8 +270,24 @@ def shorten_placeholders(
         images=images,
         position_ids=new_positions,
         labels=rebuild(labels, -100) if labels is not None else None,
-        mm_encoder_outputs={"image": BaseModelOutputWithPooling(pooler_output=[i.features for i in images])},
+        mm_encoder_outputs=encoder_outputs(images, videos),
+        videos=videos,
     )
+
+
+def encoder_outputs(images: list[PrunedImage], videos: list[PrunedVideo]) -> dict[str, Any]:
+    """``mm_encoder_outputs`` for the model: images as a list (one tensor each), videos concatenated.
+
+    The model concatenates image tensors and flattens the video output's first two dims before
+    scattering them into the placeholders, so one ``(1, sum(after), D)`` tensor serves any number
+    of videos with different kept counts.
+    """
+    outputs: dict[str, Any] = {}
+    if images:
+        outputs["image"] = BaseModelOutputWithPooling(pooler_output=[i.features for i in images])
+    if videos:
+        outputs["video"] = BaseModelOutputWithPooling(pooler_output=torch.cat([v.features for v in videos])[None])
+    return outputs
 
 
 # ---------------------------------------------------------------------------------- the wrapper
@@ -235,13 +297,18 @@ class PrunedLlava:
     Call it like the model (``pruned(**inputs)``, ``pruned.generate(**inputs)``) with the
     processor's outputs; ``keep=`` and ``threshold=`` override the defaults per call. The model
     itself is left untouched. ``last`` holds the :class:`PrunedInputs` of the latest call, whose
-    ``tokens_before``/``tokens_after`` say how many visual positions each image had and kept.
-    Subclasses implement :meth:`encode_images` for their family (see ``next.py``, ``onevision.py``).
+    ``tokens_before``/``tokens_after`` say how many visual positions each image had and kept
+    (``videos`` hold the same per video and per frame).
+    Subclasses implement :meth:`encode_images` for their family (see ``next.py``, ``onevision.py``)
+    and, for families with video input, :meth:`encode_videos` (``temporal=`` picks per-frame or
+    across-frame selection, per wrapper or per call).
     """
 
     family = "llava"
     family_kwargs: tuple[str, ...] = ()
     """Processor outputs that only the image encoding reads (e.g. OneVision's ``batch_num_images``)."""
+    video_kwargs: tuple[str, ...] = ()
+    """Processor outputs that carry videos, pruned by :meth:`encode_videos` (OneVision: ``pixel_values_videos``)."""
 
     def __init__(
         self,
@@ -250,6 +317,8 @@ class PrunedLlava:
         keep: Budget | None = None,
         threshold: float | None = None,
         padding_side: str | None = None,
+        temporal: bool = False,
+        temporal_options: dict[str, Any] | None = None,
     ) -> None:
         if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
             raise RuntimeError(
@@ -262,6 +331,10 @@ class PrunedLlava:
         self.keep = validate_keep(keep)
         self.threshold = threshold
         self.padding_side = padding_side
+        self.temporal = bool(temporal)
+        """Videos: select across frames (:class:`~token_reduction.selection.temporal.TemporalSelection`) instead of per frame."""
+        self.temporal_options: dict[str, Any] = dict(temporal_options or {})
+        """Keyword arguments of ``TemporalSelection`` (``fusion``, ``min_per_frame``, ``uniform_share``)."""
         layer = self.config.vision_feature_layer
         check_selector(selector, self.feature_dim, f"the {self.family} vision tower (vision_feature_layer={layer})")
         if isinstance(selector, nn.Module):
@@ -290,29 +363,43 @@ class PrunedLlava:
         """Pruned, projected, laid-out visual tokens of each image, in placeholder order."""
         raise NotImplementedError
 
+    def encode_videos(self, keep: Budget | None, threshold: float | None, temporal: bool, **video: Any) -> list[PrunedVideo]:
+        """Pruned, projected, laid-out visual tokens of each video, in placeholder order."""
+        raise NotImplementedError(f"{type(self).__name__} does not prune videos")
+
+    def has_videos(self, family: dict[str, Any]) -> bool:
+        """Whether ``family`` (split processor outputs) carries video pixels."""
+        return bool(self.video_kwargs) and family.get(self.video_kwargs[0]) is not None
+
     def encode_other_modalities(self, kwargs: dict[str, Any], encoder_outputs: dict[str, Any]) -> None:
         """Forward-only hook: encode non-image inputs the model cannot take next to ``mm_encoder_outputs``."""
 
     def prepare(
         self,
         input_ids: Tensor,
-        pixel_values: Tensor,
-        image_sizes: Tensor,
+        pixel_values: Tensor | None = None,
+        image_sizes: Tensor | None = None,
         attention_mask: Tensor | None = None,
         *,
         position_ids: Tensor | None = None,
         labels: Tensor | None = None,
         keep: Budget | None = UNSET,
         threshold: float | None = UNSET,
+        temporal: bool = UNSET,
         padding_side: str | None = None,
         **family: Any,
     ) -> PrunedInputs:
-        """Encode and prune the images, then shorten the text to match (no LLM call)."""
+        """Encode and prune the images and videos, then shorten the text to match (no LLM call)."""
         if input_ids is None:
             raise ValueError("pruning needs input_ids (to find the <image> placeholders), not inputs_embeds")
         keep = self.keep if keep is UNSET else validate_keep(keep)
         threshold = self.threshold if threshold is UNSET else threshold
-        images = self.encode_images(pixel_values, image_sizes, keep, threshold, **family)
+        temporal = self.temporal if temporal is UNSET else bool(temporal)
+        video = {name: family.pop(name) for name in self.video_kwargs if name in family}
+        if pixel_values is None and not self.has_videos(video):
+            raise ValueError("nothing to prune: pass pixel_values (images) or video pixels")
+        images = self.encode_images(pixel_values, image_sizes, keep, threshold, **family) if pixel_values is not None else []
+        videos = self.encode_videos(keep, threshold, temporal, **video) if self.has_videos(video) else []
         prepared = shorten_placeholders(
             input_ids,
             attention_mask,
@@ -322,6 +409,8 @@ class PrunedLlava:
             padding_side=padding_side or self.padding_side,
             position_ids=position_ids,
             labels=labels,
+            videos=videos,
+            video_token_id=getattr(self.config, "video_token_id", None) if videos else None,
         )
         self.last = prepared
         return prepared
@@ -334,7 +423,7 @@ class PrunedLlava:
         return next((int(c) for c in found if c is not None), 0)
 
     def _split(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {name: kwargs.pop(name) for name in self.family_kwargs if name in kwargs}
+        return {name: kwargs.pop(name) for name in self.family_kwargs + self.video_kwargs if name in kwargs}
 
     # ------------------------------------------------------------------------------------ calls
     def __call__(
@@ -346,16 +435,17 @@ class PrunedLlava:
         *,
         keep: Budget | None = UNSET,
         threshold: float | None = UNSET,
+        temporal: bool = UNSET,
         **kwargs: Any,
     ) -> Any:
-        """The model's forward on the pruned sequence (plain pass-through without images)."""
+        """The model's forward on the pruned sequence (plain pass-through without images or videos)."""
         family = self._split(kwargs)
-        if pixel_values is None:
+        if pixel_values is None and not self.has_videos(family):
             return self.model(input_ids=input_ids, attention_mask=attention_mask, image_sizes=image_sizes, **kwargs)
         positions, labels = kwargs.pop("position_ids", None), kwargs.pop("labels", None)
         prepared = self.prepare(
             input_ids, pixel_values, image_sizes, attention_mask,
-            position_ids=positions, labels=labels, keep=keep, threshold=threshold, **family,
+            position_ids=positions, labels=labels, keep=keep, threshold=threshold, temporal=temporal, **family,
         )  # fmt: skip
         self.encode_other_modalities(kwargs, prepared.mm_encoder_outputs)
         return self.model(**prepared.model_kwargs(), **kwargs)
@@ -372,6 +462,7 @@ class PrunedLlava:
         *,
         keep: Budget | None = UNSET,
         threshold: float | None = UNSET,
+        temporal: bool = UNSET,
         **kwargs: Any,
     ) -> Any:
         """``model.generate`` on the pruned prompt; returned ids start with the *shortened* prompt.
@@ -379,9 +470,11 @@ class PrunedLlava:
         Slice new tokens with ``out[:, pruned.last.input_ids.shape[1]:]``.
         """
         family = self._split(kwargs)
-        if pixel_values is None:
+        if pixel_values is None and not self.has_videos(family):
             return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
-        prepared = self.prepare(input_ids, pixel_values, image_sizes, attention_mask, keep=keep, threshold=threshold, **family)
+        prepared = self.prepare(
+            input_ids, pixel_values, image_sizes, attention_mask, keep=keep, threshold=threshold, temporal=temporal, **family
+        )
         return self.model.generate(
             input_ids=prepared.input_ids,
             attention_mask=prepared.attention_mask,

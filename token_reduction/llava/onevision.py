@@ -12,10 +12,14 @@ OneVision differs from LLaVA-NeXT in three ways that matter for pruning:
   never leak into kept ones, and with nothing pruned the result is the model's own interpolation.
   One consequence: a cell survives if *any* source survived, so after downscaling an image can
   keep a larger share of cells than the selector's budget (counts reported are the real ones).
-* **2x2 pooling** is only used for *video* frames in transformers' implementation. Videos are
-  passed through unpruned: ``forward`` encodes them with the model's own ``get_video_features``
-  (the model refuses raw video pixels next to pre-computed image features) and ``generate``
-  lets transformers encode them at prefill as usual.
+* **Videos** (``pixel_values_videos``, ``(batch, frames, 3, H, W)``): each frame's tokens are
+  projected and then pooled 2x2 (``apply_pooling``), and a video's frames are followed by one
+  newline. Frames are pruned on that *pooled* grid, what the LLM reads: the selector sees the
+  vision features pooled the same way, the LLM gets the model's own projected-and-pooled tokens
+  at the kept positions. Per frame (each frame its own budget) or, with ``temporal=True``, across
+  frames by novelty; see :mod:`token_reduction.llava.video`.
+* **Multi-image prompts** need nothing special beyond the first point: every image is its own
+  crop with its own budget, and images are matched to their placeholder runs in reading order.
 
 Row newlines, base/tile structure and per-crop budgets follow :mod:`token_reduction.llava.next`.
 """
@@ -30,7 +34,10 @@ import torch.nn.functional as F
 from torch import Tensor
 from transformers.models.llava_onevision.modeling_llava_onevision import image_size_to_num_patches
 
+from token_reduction.llava.common import PrunedVideo
 from token_reduction.llava.next import CropLayout, PrunedLlavaNext, Resize
+from token_reduction.llava.video import pooled_grid, pruned_video, select_frames
+from token_reduction.selection.base import Budget
 
 
 def max_tiles(vision_aspect_ratio: str) -> int:
@@ -60,10 +67,11 @@ def masked_bilinear(size: tuple[int, int]) -> Resize:
 
 
 class PrunedLlavaOnevision(PrunedLlavaNext):
-    """:class:`PrunedLlava` for ``LlavaOnevisionForConditionalGeneration`` (images; videos pass through)."""
+    """:class:`PrunedLlava` for ``LlavaOnevisionForConditionalGeneration`` (images, multi-image prompts, videos)."""
 
     family = "llava_onevision"
     family_kwargs = ("batch_num_images",)
+    video_kwargs = ("pixel_values_videos", "image_sizes_videos")
 
     def layouts(self, image_sizes: Tensor, batch_num_images: Any = None, **family: Any) -> list[CropLayout]:
         """NeXT's layout, without tiles for multi-image samples, with ``anyres_max`` downscaling.
@@ -92,9 +100,42 @@ class PrunedLlavaOnevision(PrunedLlavaNext):
             layouts.append(layout)
         return layouts
 
-    def encode_other_modalities(self, kwargs: dict[str, Any], encoder_outputs: dict[str, Any]) -> None:
-        """Encode videos unpruned, since ``forward`` rejects raw video pixels next to encoder outputs."""
-        videos = kwargs.pop("pixel_values_videos", None)
-        kwargs.pop("image_sizes_videos", None)
-        if videos is not None:
-            encoder_outputs["video"] = self.inner.get_video_features(videos, return_dict=True)
+    def encode_videos(
+        self,
+        keep: Budget | None,
+        threshold: float | None,
+        temporal: bool,
+        pixel_values_videos: Tensor | None = None,
+        image_sizes_videos: Any = None,
+    ) -> list[PrunedVideo]:
+        """Frames -> tower -> (pooled features -> selector, projector -> pooling) -> kept tokens per video.
+
+        ``image_sizes_videos`` is accepted and ignored, as by the model (frames are resized whole).
+        """
+        videos = pixel_values_videos
+        if videos is None or videos.dim() != 5:
+            raise ValueError(f"pixel_values_videos must have shape (batch, frames, 3, H, W), got {None if videos is None else tuple(videos.shape)}")
+        batch, frames = videos.shape[:2]
+        features = self.vision_features(videos.flatten(0, 1), [1] * (batch * frames))
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        if features.shape[1] != side * side:
+            raise ValueError(f"video pooling needs a {side}x{side} token grid per frame, the tower gives {features.shape[1]} tokens")
+        pooled = self.inner.apply_pooling(features)  # what the selector reads: the LLM's grid, vision space
+        tokens = self.inner.apply_pooling(self.inner.multi_modal_projector(features))  # what the LLM reads
+        grid = pooled_grid(self.config)
+        pooled, tokens = pooled.view(batch, frames, *pooled.shape[1:]), tokens.view(batch, frames, *tokens.shape[1:])
+        if not temporal:  # every frame of every video is one crop: one selector call
+            mask, chosen, _ = select_frames(self.selector, pooled.flatten(0, 1), keep, threshold, grid, False)
+            masks, chosen = mask.view(batch, frames, -1), chosen.view(pooled.shape)
+        else:
+            masks, picks = [], []
+            for clip in pooled:
+                mask, picked, _ = select_frames(self.selector, clip, keep, threshold, grid, True, self.temporal_options)
+                masks.append(mask)
+                picks.append(picked)
+            masks, chosen = torch.stack(masks), torch.stack(picks)
+        merged = (chosen != pooled).any(dim=-1)  # merging methods wrote merged tokens at these positions
+        if bool(merged.any()):
+            tokens = torch.where(merged[..., None], self.inner.multi_modal_projector(chosen.to(tokens.dtype)), tokens)
+        return [pruned_video(tokens[b], masks[b], self.inner.image_newline, temporal) for b in range(batch)]
