@@ -19,6 +19,7 @@ from token_reduction.data.manifest import CacheError, read_manifest
 from token_reduction.encoders import load_encoder
 from token_reduction.extract import extract, extract_main
 from token_reduction.extract_inputs import find_images, load_image
+from token_reduction.extraction import read_progress
 
 
 @pytest.fixture(scope="module")
@@ -132,7 +133,7 @@ def test_resume_after_a_crash_stores_every_image_once(tmp_path: Path, tiny_clip:
     encoder.encode = crashing_encode
     with pytest.raises(RuntimeError, match="simulated crash"):
         extract(encoder, tmp_path / "images", tmp_path / "cache", batch_size=2, shard_size=2, dtype="fp32", progress=False)
-    partial = read_manifest(tmp_path / "cache")
+    partial = read_progress(str(tmp_path / "cache"))  # manifest.json plus the per-rank manifest in flight
     assert not partial.complete and partial.num_samples == 4  # two batches of two made it
     calls.clear()
     encoder.encode = real_encode
@@ -167,7 +168,7 @@ def test_resume_after_kill_9(tmp_path: Path) -> None:
     repo = Path(__file__).resolve().parents[1]
     killed = subprocess.run([sys.executable, "-c", KILL_SCRIPT, *args], cwd=repo, capture_output=True, text=True, timeout=60)
     assert killed.returncode == -signal.SIGKILL, killed.stderr
-    partial = read_manifest(tmp_path / "cache")
+    partial = read_progress(str(tmp_path / "cache"))
     assert not partial.complete and partial.num_samples == 4
     extract("pixels:8@32", *args, batch_size=2, shard_size=2, dtype="fp32", progress=False)
     extract("pixels:8@32", args[0], tmp_path / "clean", dtype="fp32", progress=False)

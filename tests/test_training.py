@@ -101,3 +101,28 @@ def test_ddp_two_cpu_processes_see_disjoint_equal_shares(tmp_path: Path) -> None
     assert len(shares[0]) == len(shares[1]) == 20
     assert not shares[0] & shares[1]
     assert shares[0] | shares[1] == set(data.split_indices["train"])
+
+
+class GradientProbe(L.Callback):
+    """Remembers which parameter groups received a nonzero gradient in the first backward pass."""
+
+    def __init__(self) -> None:
+        self.nonzero: dict[str, bool] = {}
+
+    def on_after_backward(self, trainer: L.Trainer, pl_module: TokenReductionModule) -> None:
+        if not self.nonzero:
+            for name in ("selector", "reconstructor"):
+                params = getattr(pl_module, name).parameters()
+                self.nonzero[name] = any(p.grad is not None and bool(p.grad.any()) for p in params)
+
+
+def test_random_share_trains_the_reconstructor_on_masks_the_selector_did_not_choose(synthetic_cache: Path, tmp_path: Path) -> None:
+    data = FeatureCacheDataModule(str(synthetic_cache), batch_size=8)
+    module = TokenReductionModule(
+        dim=data.feature_dim, grid=data.grid, selector=TRUNK, reconstructor=TRUNK,
+        loss=LossConfig(sparsity_weight=0.0),
+        budget_training=BudgetTrainingConfig(probability=0.0, random_share=1.0),
+    )
+    probe = GradientProbe()
+    make_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False, callbacks=[probe]).fit(module, data)
+    assert probe.nonzero == {"selector": False, "reconstructor": True}

@@ -64,15 +64,17 @@ class ExportSelector(L.Callback):
         root = trainer.log_dir or trainer.default_root_dir
         return Path(root) / "selector"
 
-    @rank_zero_only
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         from token_reduction.export import export_selector, selector_from_checkpoint
 
+        target = self.target_dir(trainer)  # every rank: trainer.log_dir is a collective under DDP
+        if not trainer.is_global_zero:
+            return
         selector = pl_module.selector
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.use_best else ""
         source = "final weights"
         if best and Path(best).exists():
             selector = selector_from_checkpoint(best)
             source = best
-        path = export_selector(selector, self.target_dir(trainer), source=source, hparams=dict(pl_module.hparams))
+        path = export_selector(selector, target, source=source, hparams=dict(pl_module.hparams))
         print(f"exported selector ({source}) to {path}")

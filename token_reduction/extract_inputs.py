@@ -3,16 +3,23 @@
 Decoding, tiling, preprocessing and mask pooling all happen in :class:`ImageDataset`, i.e. in
 DataLoader worker processes, so the main process only runs the encoder. Every failure for one
 image (unreadable file, bad sidecar) becomes an ``error`` on its item, never an exception.
+
+Inputs may be local (a :class:`~pathlib.Path` on every :class:`ImageInput`) or fsspec URLs such as
+``s3://bucket/images`` or ``memory://images`` (then ``ImageInput.path`` is the full URL string, so
+DataLoader workers and DDP ranks can open it by itself).
 """
 
 from __future__ import annotations
 
 import glob
+import io
 import json
+import posixpath
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Sequence
 
+import fsspec
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
@@ -37,14 +44,22 @@ TEXT_BOX_MODES = ("auto", "on", "off")
 
 @dataclass(frozen=True)
 class ImageInput:
-    """An image file and the name it gets in the cache (relative to the images root when inside it)."""
+    """An image file and the name it gets in the cache (relative to the images root when inside it).
 
-    path: Path
+    ``path`` is a local :class:`Path`, or a full fsspec URL string for remote inputs.
+    """
+
+    path: Path | str
     rel: str
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_EXTENSIONS
+def _is_image(path: Path | str) -> bool:
+    return posixpath.splitext(str(path))[1].lower() in IMAGE_EXTENSIONS
+
+
+def _is_remote(spec: str | Path) -> bool:
+    text = str(spec)
+    return isinstance(spec, str) and "://" in text and not text.startswith("file://")
 
 
 def _relative(path: Path, root: Path) -> str:
@@ -54,13 +69,18 @@ def _relative(path: Path, root: Path) -> str:
         return path.as_posix()
 
 
-def find_images(spec: str | Path) -> tuple[Path, list[ImageInput]]:
+def find_images(spec: str | Path) -> tuple[Path | str, list[ImageInput]]:
     """``(images_root, inputs)`` for a folder (recursive), a glob, a list file, or one image; sorted.
 
     Folders and globs keep only files with image extensions (sidecars and indexes live beside the
-    images); a list file's entries are all kept, so a bad one is reported as skipped.
+    images); a list file's entries are all kept, so a bad one is reported as skipped. ``spec`` may
+    be an fsspec URL (``s3://bucket/images``, ``memory://images/**/*.png``); the root is then a URL.
     """
+    if _is_remote(spec):
+        return _find_remote_images(str(spec))
     text = str(spec)
+    if text.startswith("file://"):
+        text = text[len("file://"):]
     path = Path(text).expanduser()
     if any(c in text for c in "*?[") and not path.exists():
         matches = [Path(p) for p in glob.glob(str(path), recursive=True)]
@@ -92,6 +112,43 @@ def find_images(spec: str | Path) -> tuple[Path, list[ImageInput]]:
     return root, inputs
 
 
+def _find_remote_images(spec: str) -> tuple[str, list[ImageInput]]:
+    """:func:`find_images` on an fsspec filesystem: same rules, POSIX paths, URLs out."""
+    fs, path = fsspec.core.url_to_fs(spec)
+    path = path.rstrip("/") or "/"
+    if any(c in path for c in "*?["):
+        parts = path.split("/")
+        depth = next(i for i, part in enumerate(parts) if any(c in part for c in "*?["))
+        root = "/".join(parts[:depth]) or "/"
+        files = [p for p in fs.glob(path) if _is_image(p) and fs.isfile(p)]
+        where = f"glob {spec!r}"
+    elif not fs.exists(path):
+        raise FileNotFoundError(f"images path {spec!r} does not exist (expected a folder, a glob, or a text file of paths)")
+    elif fs.isdir(path):
+        root = path
+        files = [p for p in fs.find(path) if _is_image(p)]
+        where = f"folder {spec!r}"
+    elif _is_image(path):
+        root, files, where = posixpath.dirname(path), [path], spec
+    else:
+        root = posixpath.dirname(path)
+        files = []
+        for line in fs.cat_file(path).decode(errors="replace").splitlines():
+            line = line.strip()
+            if line and not line.startswith("#"):
+                files.append(line if _is_remote(line) else posixpath.normpath(posixpath.join(root, line)))
+        where = f"list file {spec!r}"
+    if not files:
+        raise ValueError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+    prefix = root.rstrip("/") + "/"
+    inputs = set()
+    for file in files:
+        url = file if _is_remote(file) else fs.unstrip_protocol(file)
+        rel = file[len(prefix):] if file.startswith(prefix) else url
+        inputs.add(ImageInput(url, rel))
+    return fs.unstrip_protocol(root), sorted(inputs, key=lambda item: item.rel)
+
+
 def _glob_depth(path: Path) -> int:
     """Number of leading path parts before the first one with a wildcard."""
     for i, part in enumerate(path.parts):
@@ -100,26 +157,46 @@ def _glob_depth(path: Path) -> int:
     return len(path.parts)
 
 
-def sidecar_path(image: Path) -> Path:
-    return image.with_suffix(".json")
+def sidecar_path(image: Path | str) -> Path | str:
+    if isinstance(image, Path):
+        return image.with_suffix(".json")
+    return posixpath.splitext(image)[0] + ".json"
 
 
-def read_sidecar(image: Path) -> dict[str, Any] | None:
+def _is_file(path: Path | str) -> bool:
+    if isinstance(path, Path):
+        return path.is_file()
+    fs, inner = fsspec.core.url_to_fs(path)
+    return fs.isfile(inner)
+
+
+def _read_bytes(path: Path | str) -> bytes:
+    if isinstance(path, Path):
+        return path.read_bytes()
+    with fsspec.open(path, "rb") as handle:
+        return handle.read()
+
+
+def _name(path: Path | str) -> str:
+    return path.name if isinstance(path, Path) else posixpath.basename(path)
+
+
+def read_sidecar(image: Path | str) -> dict[str, Any] | None:
     """The image's ``NAME.json`` sidecar, validated, or ``None`` when there is none."""
     path = sidecar_path(image)
-    if not path.is_file():
+    if not _is_file(path):
         return None
     try:
-        data = json.loads(path.read_text())
+        data = json.loads(_read_bytes(path).decode())
     except (OSError, ValueError) as err:
-        raise ValueError(f"sidecar {path.name} is not valid JSON ({err})") from err
+        raise ValueError(f"sidecar {_name(path)} is not valid JSON ({err})") from err
     if not isinstance(data, dict):
-        raise ValueError(f"sidecar {path.name} should hold a JSON object")
+        raise ValueError(f"sidecar {_name(path)} should hold a JSON object")
     boxes = data.get("boxes", [])
     if not isinstance(boxes, list) or not all(
         isinstance(b, (list, tuple)) and len(b) == 4 and all(isinstance(v, (int, float)) for v in b) for b in boxes
     ):
-        raise ValueError(f"sidecar {path.name}: field 'boxes' should be a list of [x0, y0, x1, y1]")
+        raise ValueError(f"sidecar {_name(path)}: field 'boxes' should be a list of [x0, y0, x1, y1]")
     return data
 
 
@@ -131,18 +208,18 @@ def wants_text_boxes(inputs: Sequence[ImageInput], mode: str) -> bool:
         return mode == "on"
     for item in inputs:
         path = sidecar_path(item.path)
-        if path.is_file():
-            try:
-                if "boxes" in json.loads(path.read_text()):
-                    return True
-            except (OSError, ValueError, TypeError):
-                continue
+        try:
+            if _is_file(path) and "boxes" in json.loads(_read_bytes(path).decode()):
+                return True
+        except (OSError, ValueError, TypeError):
+            continue
     return False
 
 
-def load_image(path: Path) -> Image.Image:
-    """Decode fully (so errors surface here), apply EXIF orientation, convert to RGB."""
-    with Image.open(path) as image:
+def load_image(path: Path | str) -> Image.Image:
+    """Decode fully (so errors surface here), apply EXIF orientation, convert to RGB; ``path`` may be a URL."""
+    source = path if isinstance(path, Path) or not _is_remote(path) else io.BytesIO(_read_bytes(path))
+    with Image.open(source) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
         return image.convert("RGB")
@@ -228,3 +305,8 @@ class ImageDataset(Dataset):
 def first_item(batch: list[PreparedImage]) -> PreparedImage:
     """DataLoader collate for batch_size=1: items are ragged, the main loop regroups them."""
     return batch[0]
+
+
+def as_list(batch: list[PreparedImage]) -> list[PreparedImage]:
+    """DataLoader collate keeping ragged items (each image has its own number of crops) as a list."""
+    return list(batch)

@@ -63,9 +63,7 @@ class CacheWriter:
         self.root = Path(root)
         self.shard_size = shard_size
         self.rank = rank
-        self._features: list[torch.Tensor] = []
-        self._extras: dict[str, list[torch.Tensor]] = {name: [] for name in template.extras}
-        self._samples: list[dict[str, Any]] = []
+        self._clear_buffers(template)
         if (self.root / "manifest.json").exists():
             existing = read_manifest(self.root)
             mismatch = existing.same_features_as(template)
@@ -118,15 +116,13 @@ class CacheWriter:
     def flush(self) -> None:
         """Write buffered samples as one shard, then the manifest (both atomically)."""
         if not self._samples:
-            write_manifest(self.root, self.manifest)
+            self._write_manifest()
             return
         tensors = {"features": torch.cat(self._features).contiguous()}
         tensors.update({name: torch.cat(parts).contiguous() for name, parts in self._extras.items()})
-        index = len(self.manifest.shards)
-        name = f"shard-r{self.rank:03d}-{index:05d}.safetensors"
-        path = self.root / name
+        name = self._shard_name()
         payload = save(tensors, metadata={"format": "pt"})
-        atomic_write_bytes(path, payload)
+        self._write_shard(name, payload)
         self.manifest.shards.append(
             ShardInfo(
                 file=name,
@@ -137,15 +133,37 @@ class CacheWriter:
                 rank=self.rank,
             )
         )
-        write_manifest(self.root, self.manifest)
-        self._features, self._samples = [], []
-        self._extras = {k: [] for k in self._extras}
+        self._write_manifest()
+        self._clear_buffers(self.manifest)
 
     def close(self, complete: bool = True) -> Manifest:
         self.flush()
         self.manifest.complete = complete
-        write_manifest(self.root, self.manifest)
+        self._write_manifest()
         return self.manifest
+
+    # Storage hooks: a subclass may keep the same buffering and validation but write elsewhere
+    # (per-rank partial manifests, fsspec URLs; see token_reduction.extraction.writer).
+
+    def _clear_buffers(self, template: Manifest) -> None:
+        self._features: list[torch.Tensor] = []
+        self._extras: dict[str, list[torch.Tensor]] = {name: [] for name in template.extras}
+        self._samples: list[dict[str, Any]] = []
+
+    def _shard_name(self) -> str:
+        """File name of the next shard: ``shard-r{rank:03d}-{index:05d}.safetensors``."""
+        return shard_file_name(self.rank, len(self.manifest.shards))
+
+    def _write_shard(self, name: str, payload: bytes) -> None:
+        atomic_write_bytes(self.root / name, payload)
+
+    def _write_manifest(self) -> None:
+        write_manifest(self.root, self.manifest)
+
+
+def shard_file_name(rank: int, index: int) -> str:
+    """The name of shard ``index`` written by ``rank`` (unique per writer, so ranks never collide)."""
+    return f"shard-r{rank:03d}-{index:05d}.safetensors"
 
 
 class FeatureCache:
