@@ -20,6 +20,7 @@ def write_synthetic_cache(
     seed: int = 0,
     text: bool = True,
     splits: bool = False,
+    encoder: str = "synthetic",
 ) -> Path:
     """Smooth 'background' tokens plus a few high-energy 'detail' tokens per image.
 
@@ -29,7 +30,7 @@ def write_synthetic_cache(
     generator = torch.Generator().manual_seed(seed)
     num_tokens = grid[0] * grid[1]
     template = Manifest(
-        encoder="synthetic", layer=None, num_tokens=num_tokens, grid=grid, dim=dim, dtype="float16",
+        encoder=encoder, layer=None, num_tokens=num_tokens, grid=grid, dim=dim, dtype="float16",
         extras={"text": [num_tokens]} if text else {},
     )
     writer = CacheWriter(root, template, shard_size=shard_size)

@@ -53,7 +53,7 @@ def test_fit_writes_checkpoint_tensorboard_and_exported_selector(synthetic_cache
     assert (log_dir / "checkpoints" / "last.ckpt").exists()
     assert list(log_dir.glob("events.out.tfevents.*"))
     selector = TokenSelector.from_pretrained(log_dir / "selector")
-    assert selector.dim == 16
+    assert selector.dim == 16 and selector.info["feature_source"] == "synthetic@layerNone"
     metrics = cli.trainer.callback_metrics
     assert {"val/cosine@25%/learned", "val/cosine@25%/random", "train/sparsity", "train/mse"} <= set(metrics)
 
@@ -75,6 +75,9 @@ def test_checkpoint_for_other_features_is_refused(synthetic_cache: Path, tmp_pat
     other = write_synthetic_cache(tmp_path / "other", dim=24)
     with pytest.raises(ValueError, match=r"last.ckpt: field 'dim' is 16 but the data has 24"):
         lightning_main(["fit", *run_args(other, tmp_path / "b", "--trainer.max_epochs", "2"), "--ckpt_path", str(last)])
+    same_shape = write_synthetic_cache(tmp_path / "same_shape", encoder="other-encoder")
+    with pytest.raises(ValueError, match=r"field 'feature_source' is synthetic@layerNone but the data has other-encoder@layerNone"):
+        lightning_main(["fit", *run_args(same_shape, tmp_path / "c", "--trainer.max_epochs", "2"), "--ckpt_path", str(last)])
 
 
 def test_export_command_writes_a_loadable_selector(synthetic_cache: Path, tmp_path: Path) -> None:

@@ -76,5 +76,6 @@ class ExportSelector(L.Callback):
         if best and Path(best).exists():
             selector = selector_from_checkpoint(best)
             source = best
-        path = export_selector(selector, target, source=source, hparams=dict(pl_module.hparams))
+        hparams = dict(getattr(selector, "training_hparams", pl_module.hparams))
+        path = export_selector(selector, target, source=source, hparams=hparams)
         print(f"exported selector ({source}) to {path}")

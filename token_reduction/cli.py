@@ -26,11 +26,12 @@ TOOLS: dict[str, tuple[str, str, str]] = {
 
 
 class TokenReductionCLI(LightningCLI):
-    """Links the cache's feature dim and token grid into the model, so nobody types them twice."""
+    """Links the cache's feature dim, token grid and source (encoder, layer) into the model, so nobody types them twice."""
 
     def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
         parser.link_arguments("data.feature_dim", "model.dim", apply_on="instantiate")
         parser.link_arguments("data.grid", "model.grid", apply_on="instantiate")
+        parser.link_arguments("data.feature_source", "model.feature_source", apply_on="instantiate")
 
 
 def lightning_main(args: list[str] | None = None) -> TokenReductionCLI:

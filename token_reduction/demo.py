@@ -31,8 +31,23 @@ def slug(encoder: str) -> str:
     return re.sub(r"[^A-Za-z0-9]+", "-", encoder).strip("-").lower() or "encoder"
 
 
+def check_cache_source(cache: Path, images: Path) -> None:
+    """Refuse to extend a demo cache made from another image folder (its samples would mix)."""
+    from token_reduction.extraction import read_progress
+
+    if not cache.exists():
+        return
+    root = read_progress(str(cache)).info.get("images_root")
+    if root is not None and Path(root).resolve() != images.resolve():
+        raise SystemExit(f"error: {cache} holds features of images in {root}, not {images}; pick another --out")
+
+
 def train(cache: Path, run_dir: Path, config: Path, overrides: list[str]) -> dict[str, Any]:
-    """Fit (resuming an interrupted run in the same folder), then test on the held-out split."""
+    """Fit (resuming an interrupted run in the same folder), then test on the held-out split.
+
+    ``run_dir`` is specific to the config and epoch count, so changing either trains afresh
+    instead of resuming a run made with other settings.
+    """
     from token_reduction.cli import lightning_main
 
     last = run_dir / "tensorboard" / "demo" / "checkpoints" / "last.ckpt"
@@ -50,7 +65,8 @@ def train(cache: Path, run_dir: Path, config: Path, overrides: list[str]) -> dic
         args += ["--ckpt_path", str(last)]
     cli = lightning_main(args)
     cli.model.set_eval_fractions(FRACTIONS)
-    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best", verbose=False)[0]
+    best = getattr(cli.trainer.checkpoint_callback, "best_model_path", "")
+    results = cli.trainer.test(cli.model, datamodule=cli.datamodule, ckpt_path="best" if best else "last", verbose=False)[0]
     return {"metrics": results, "log_dir": cli.trainer.log_dir, "module": cli.model, "datamodule": cli.datamodule}
 
 
@@ -59,11 +75,14 @@ def run_encoder(encoder: str, images: Path, out: Path, figures: Path, args: argp
 
     target = out / slug(encoder)
     print(f"\n== {encoder}: extracting features of {images} into {target / 'cache'}")
+    check_cache_source(target / "cache", images)
     extract(encoder, images, target / "cache", batch_size=args.batch_size, progress=True)
     print(f"== {encoder}: training ({args.config})")
+    config = find_config(args.config)
     overrides = [] if args.max_epochs is None else ["--trainer.max_epochs", str(args.max_epochs)]
-    trained = train(target / "cache", target / "runs", find_config(args.config), overrides)
-    summary = summarise(trained["metrics"], encoder)
+    run_name = config.stem + ("" if args.max_epochs is None else f"-e{args.max_epochs}")
+    trained = train(target / "cache", target / "runs" / run_name, config, overrides)
+    summary = summarise(trained["metrics"], encoder, trained["datamodule"].evaluated_split)
     summary["selector"] = str(Path(trained["log_dir"]) / "selector")
     summary["tensorboard"] = str(target / "runs")
     summary["curves_png"] = str(draw_curves(summary, figures / "curves.png"))
@@ -102,7 +121,7 @@ def demo_main(argv: list[str] | None = None) -> int:
     for summary in summaries:
         print(f"\n{comparison_table(summary)}")
         verdict = "yes" if summary["learned_beats_random"] else "NO"
-        print(f"learned >= random on both metrics at every kept fraction <= 0.5 (held-out split): {verdict}")
+        print(f"learned >= random on both metrics at every kept fraction <= 0.5 ({summary['split']} split): {verdict}")
         print(f"curves: {summary['curves_png']}\noverlay: {summary['overlay_png']}\nselector: {summary['selector']}")
         print(f"TensorBoard: tensorboard --logdir {summary['tensorboard']}")
     metrics_path = out / "metrics.json"

@@ -19,7 +19,7 @@ METRICS = ("cosine", "text_recall")
 OVERLAY_FRACTION = 0.4
 
 
-def summarise(metrics: dict[str, Any], encoder: str) -> dict[str, Any]:
+def summarise(metrics: dict[str, Any], encoder: str, split: str = "test") -> dict[str, Any]:
     """Reshape ``test/...`` scalars into per-method curves and the demo's pass/fail check."""
 
     def value(metric: str, fraction: float, method: str) -> float | None:
@@ -39,7 +39,7 @@ def summarise(metrics: dict[str, Any], encoder: str) -> dict[str, Any]:
                 checks.append(learned >= random)
     return {
         "encoder": encoder,
-        "split": "test (held out: sources never seen in training)",
+        "split": split,
         "fractions": list(FRACTIONS),
         "curves": curves,
         "adaptive_keep_rate": round(float(metrics.get("test/keep_rate", float("nan"))), 4),
@@ -56,7 +56,7 @@ def comparison_table(summary: dict[str, Any]) -> str:
         return "  n/a " if x is None else f"{x:6.3f}"
 
     lines = [
-        f"{summary['encoder']} on the held-out split (adaptive keep rate {summary['adaptive_keep_rate']:.2f})",
+        f"{summary['encoder']} on the {summary['split']} split (adaptive keep rate {summary['adaptive_keep_rate']:.2f})",
         "| kept | cosine learned | cosine random | text recall learned | text recall random |",
         "|-----:|---------------:|--------------:|--------------------:|-------------------:|",
     ]
@@ -71,7 +71,8 @@ def draw_curves(summary: dict[str, Any], path: Path) -> Path:
     fractions = summary["fractions"]
     fig = Figure(figsize=(10, 4))
     axes = fig.subplots(1, 2)
-    titles = {"cosine": "reconstruction cosine (held-out)", "text_recall": "text-patch recall (held-out)"}
+    split = summary["split"]
+    titles = {"cosine": f"reconstruction cosine ({split} split)", "text_recall": f"text-patch recall ({split} split)"}
     for ax, metric in zip(axes, METRICS):
         for method, style in (("learned", "o-"), ("random", "s--")):
             ys = summary["curves"][method][metric]
@@ -103,13 +104,14 @@ def draw_overlay(module: TokenReductionModule, datamodule: Any, images_root: Pat
     from PIL import Image
 
     cache = datamodule.cache
-    split = datamodule.split_indices["test"] or datamodule.split_indices["val"]
+    samples = cache.samples
+    split = datamodule.split_indices[datamodule.evaluated_split]
     preference = {"document": 0, "receipt": 1, "chart": 2}
-    pages = sorted((preference[kind], i) for i in split if (kind := cache.samples[i].get("kind")) in preference)
+    pages = sorted((preference[kind], i) for i in split if (kind := samples[i].get("kind")) in preference)
     if not pages:
         return None
     index = pages[0][1]
-    record = cache.samples[index]
+    record = samples[index]
     image_path = Path(images_root) / record["image"]
     if not image_path.exists():
         return None
@@ -133,6 +135,6 @@ def draw_overlay(module: TokenReductionModule, datamodule: Any, images_root: Pat
         ax.imshow(panel.clamp(0, 1).numpy())
         ax.set_title(title)
         ax.axis("off")
-    fig.suptitle(f"held-out {record.get('kind')} {record['image']}: dropped patches greyed out")
+    fig.suptitle(f"{datamodule.evaluated_split}-split {record.get('kind')} {record['image']}: dropped patches greyed out")
     fig.tight_layout()
     return save_figure(fig, path)

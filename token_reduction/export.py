@@ -37,13 +37,16 @@ def selector_from_checkpoint(path: str | Path) -> TokenSelector:
     prefix = "selector."
     state = {k[len(prefix) :]: v for k, v in checkpoint["state_dict"].items() if k.startswith(prefix)}
     selector.load_state_dict(state)
+    selector.training_hparams = dict(hparams)
     return selector.eval()
 
 
 def export_selector(selector: TokenSelector, out: str | Path, source: str = "", hparams: Mapping[str, Any] | None = None) -> Path:
     """Save ``selector`` with provenance (where it came from, what it was trained with)."""
-    info = {"source": str(source)}
+    info: dict[str, Any] = {"source": str(source)}
+    hparams = hparams if hparams is not None else getattr(selector, "training_hparams", None)
     if hparams:
+        info["feature_source"] = hparams.get("feature_source")  # encoder@layer the selector was trained on
         info["training"] = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, list, dict, type(None)))}
     return selector.save_pretrained(out, extra=info)
 

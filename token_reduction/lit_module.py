@@ -51,6 +51,7 @@ class BudgetTrainingConfig:
     probability: float = 0.5
     min_keep: float = 0.05
     max_keep: float = 0.9
+    sampling: str = "uniform"  # uniform | log_uniform (more batches at small budgets)
     random_share: float = 0.0
 
 
@@ -100,6 +101,7 @@ class TokenReductionModule(L.LightningModule):
         init_keep_logit: float = 2.0,
         eval_keep_fractions: tuple[float, ...] = (0.1, 0.25, 0.5),
         eval_seed: int = 1234,
+        feature_source: str | None = None,
     ) -> None:
         super().__init__()
         selector, reconstructor = _as(TrunkConfig, selector), _as(TrunkConfig, reconstructor)
@@ -122,6 +124,7 @@ class TokenReductionModule(L.LightningModule):
                 "init_keep_logit": init_keep_logit,
                 "eval_keep_fractions": self.eval_keep_fractions,
                 "eval_seed": eval_seed,
+                "feature_source": feature_source,
             }
         )
         self.grid = (int(grid[0]), int(grid[1]))
@@ -163,18 +166,20 @@ class TokenReductionModule(L.LightningModule):
         """Refuse a checkpoint trained for other features, naming the file and the field."""
         saved = checkpoint.get("hyper_parameters", {})
         source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
-        for key, current in (("dim", self.hparams.dim), ("grid", list(self.hparams.grid))):
+        expected = (("dim", self.hparams.dim), ("grid", list(self.hparams.grid)), ("feature_source", self.hparams.feature_source))
+        for key, current in expected:
             value = saved.get(key)
-            if value is not None and (list(value) if key == "grid" else value) != current:
+            if value is not None and current is not None and (list(value) if key == "grid" else value) != current:
                 raise ValueError(
                     f"checkpoint {source or '(given)'}: field '{key}' is {value} but the data has {current}; "
-                    "it was trained on features of another encoder"
+                    "it was trained on features of another encoder or layer"
                 )
 
     # ------------------------------------------------------------------------------ training
     def temperature(self) -> float:
         cfg = self.gumbel
-        total = max(1, int(self.trainer.estimated_stepping_batches * cfg.anneal_fraction)) if self._trainer else 1
+        steps = self.trainer.estimated_stepping_batches if self._trainer else 1
+        total = max(1, int(steps * cfg.anneal_fraction)) if math.isfinite(steps) and steps > 0 else 1
         progress = min(1.0, self.global_step / total)
         if cfg.schedule == "linear":
             return cfg.tau_start + (cfg.tau_end - cfg.tau_start) * progress
@@ -189,8 +194,14 @@ class TokenReductionModule(L.LightningModule):
         return self.reconstructor(self.mask_embedding(target, keep_mask), self.grid)
 
     def _random_fraction(self) -> float:
+        """A training budget drawn from ``[min_keep, max_keep]``."""
         cfg = self.budget_training
-        return cfg.min_keep + (cfg.max_keep - cfg.min_keep) * float(torch.rand(()))
+        u = float(torch.rand(()))
+        if cfg.sampling == "log_uniform":
+            return cfg.min_keep * (cfg.max_keep / cfg.min_keep) ** u
+        if cfg.sampling == "uniform":
+            return cfg.min_keep + (cfg.max_keep - cfg.min_keep) * u
+        raise ValueError(f"model.budget_training.sampling must be uniform|log_uniform, got {cfg.sampling!r}")
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         features = batch["features"]
@@ -240,18 +251,20 @@ class TokenReductionModule(L.LightningModule):
                 cosine = reconstruction_terms(self.reconstruct(target, mask.float()), target)["cosine"]
                 metrics[comparison_name("cosine", fraction, method)].update(cosine, weight=features.shape[0])
                 if text is not None:
+                    # Updated on every batch (weight 0 without text) so all DDP ranks sync the same metrics.
                     is_text = text >= TEXT_COVERAGE_THRESHOLD
-                    if is_text.any():
-                        recall = (mask & is_text).sum() / is_text.sum()
-                        metrics[comparison_name("text_recall", fraction, method)].update(recall, weight=is_text.sum())
+                    recall = (mask & is_text).sum() / is_text.sum().clamp_min(1)
+                    metrics[comparison_name("text_recall", fraction, method)].update(recall, weight=is_text.sum())
         return {"loss": terms["loss"], "keep_mask": adaptive.detach(), "keep_prob": keep_prob.detach()}
 
     def _log_comparison(self, stage: str) -> None:
         metrics = self.eval_metrics[stage]
         values = {}
         for name, metric in metrics.items():
-            if metric.update_called:
-                values[f"{stage}/{name}"] = metric.compute()
+            if metric.update_called:  # the same on every rank: each rank sees the same number of batches
+                value = metric.compute()  # synced across ranks; NaN when no rank saw a text patch
+                if torch.isfinite(value):
+                    values[f"{stage}/{name}"] = value
         self.log_dict(values, sync_dist=False)
         metrics.reset()
 
@@ -283,7 +296,12 @@ class TokenReductionModule(L.LightningModule):
             lr=cfg.lr,
             betas=tuple(cfg.betas),
         )
-        total = max(1, int(self.trainer.estimated_stepping_batches))
+        total = self.trainer.estimated_stepping_batches
+        if not math.isfinite(total) or total <= 0:
+            raise ValueError(
+                "the LR and Gumbel schedules need a finite training length: set trainer.max_epochs or trainer.max_steps"
+            )
+        total = max(1, int(total))
         warmup = max(1, int(total * cfg.warmup_fraction))
 
         def factor(step: int) -> float:

@@ -11,6 +11,7 @@ import hashlib
 from typing import Any, Iterator, Sequence
 
 import lightning as L
+from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
@@ -136,6 +137,7 @@ class FeatureCacheDataModule(L.LightningDataModule):
         self.feature_dim = manifest.dim
         self.num_tokens = manifest.num_tokens
         self.grid = tuple(manifest.grid)
+        self.feature_source = f"{manifest.encoder}@layer{manifest.layer}"
         self.extras = tuple(name for name in manifest.extras if name == "text")
         self.split_indices: dict[str, list[int]] = {name: [] for name in SPLITS}
         for index, record in enumerate(self.cache.samples):
@@ -198,9 +200,15 @@ class FeatureCacheDataModule(L.LightningDataModule):
     def val_dataloader(self) -> DataLoader:
         return self._loader("val", shuffle=False)
 
+    @property
+    def evaluated_split(self) -> str:
+        """What ``test``/``predict`` read: the test split, or the validation split when there is none."""
+        return "test" if self.split_indices["test"] else "val"
+
     def test_dataloader(self) -> DataLoader:
-        split = "test" if self.split_indices["test"] else "val"
-        return self._loader(split, shuffle=False)
+        if self.evaluated_split != "test":
+            rank_zero_warn(f"{self.hparams.cache_dir}: no test split (set data.test_fraction); testing on the validation split")
+        return self._loader(self.evaluated_split, shuffle=False)
 
     def predict_dataloader(self) -> DataLoader:
-        return self._loader("test" if self.split_indices["test"] else "val", shuffle=False)
+        return self._loader(self.evaluated_split, shuffle=False)

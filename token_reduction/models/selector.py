@@ -15,9 +15,10 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
+from token_reduction.data.manifest import atomic_write_bytes
 from token_reduction.models.backbone import FeatureStandardizer, TokenTrunk, TrunkConfig
 from token_reduction.selection.base import (
     Budget,
@@ -64,6 +65,7 @@ class TokenSelector(nn.Module):
                 f"TokenSelector expects features of shape (batch, tokens, {self.dim}), got {tuple(features.shape)}; "
                 "was it trained for another encoder?"
             )
+        features = features.to(self.head.weight.dtype)  # caches hold fp16; the selector may run in fp32
         h = self.trunk(self.standardize(features), grid or self.grid_for(features.shape[1]), padding_mask)
         logits = self.head(h).squeeze(-1).float()
         if padding_mask is not None:
@@ -100,8 +102,11 @@ class TokenSelector(nn.Module):
             return selection_from_scores(features, logits, keep, padding_mask)
         threshold = self.threshold if threshold is None else threshold
         keep_mask = torch.sigmoid(logits) >= threshold
-        best = F.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()
-        return selection_from_mask(features, keep_mask | best)
+        best = F.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()  # padding is -inf: never the argmax
+        keep_mask = keep_mask | best
+        if padding_mask is not None:
+            keep_mask &= ~padding_mask
+        return selection_from_mask(features, keep_mask)
 
     # ----------------------------------------------------------------------------------------- I/O
     def config(self) -> dict[str, Any]:
@@ -116,15 +121,10 @@ class TokenSelector(nn.Module):
     def save_pretrained(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
         """Write ``config.json`` + ``model.safetensors`` (weights only, no pickled code)."""
         path = Path(path)
-        path.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        tmp = path / f".{WEIGHTS_NAME}.tmp"
-        save_file(state, str(tmp), metadata={"format": "pt"})
-        os.replace(tmp, path / WEIGHTS_NAME)
         config = self.config() | {"info": dict(extra or {})}
-        tmp = path / f".{CONFIG_NAME}.tmp"
-        tmp.write_text(json.dumps(config, indent=2))
-        os.replace(tmp, path / CONFIG_NAME)
+        atomic_write_bytes(path / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        atomic_write_bytes(path / CONFIG_NAME, json.dumps(config, indent=2).encode())
         return path
 
     @classmethod
@@ -152,7 +152,7 @@ class TokenSelector(nn.Module):
         except RuntimeError as err:
             raise ValueError(f"{weights_path}: weights do not match {config_path}: {err}") from err
         selector.info = config.get("info", {})
-        return selector.eval()
+        return selector.to(map_location).eval()
 
 
 def gumbel_keep_mask(logits: Tensor, tau: float, padding_mask: Tensor | None = None) -> Tensor:
