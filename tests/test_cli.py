@@ -93,3 +93,8 @@ def test_help_lists_the_tools(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["--help"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in ("extract", "demo", "evaluate", "export", "chat", "fit"))
+
+
+def test_impossible_budget_range_is_refused_at_start_naming_the_field(synthetic_cache: Path, tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match=r"model.budget_training needs 0 < min_keep <= max_keep <= 1"):
+        lightning_main(["fit", *run_args(synthetic_cache, tmp_path, "--model.budget_training.max_keep", "1.5")])

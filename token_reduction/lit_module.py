@@ -54,6 +54,19 @@ class BudgetTrainingConfig:
     sampling: str = "uniform"  # uniform | log_uniform (more batches at small budgets)
     random_share: float = 0.0
 
+    def __post_init__(self) -> None:
+        """Fail at start-up, naming the field, rather than at a random training step."""
+        if not 0.0 <= self.probability <= 1.0:
+            raise ValueError(f"model.budget_training.probability must be in [0, 1], got {self.probability}")
+        if not 0.0 < self.min_keep <= self.max_keep <= 1.0:
+            raise ValueError(
+                f"model.budget_training needs 0 < min_keep <= max_keep <= 1, got {self.min_keep} and {self.max_keep}"
+            )
+        if not 0.0 <= self.random_share <= 1.0:
+            raise ValueError(f"model.budget_training.random_share must be in [0, 1], got {self.random_share}")
+        if self.sampling not in ("uniform", "log_uniform"):
+            raise ValueError(f"model.budget_training.sampling must be uniform|log_uniform, got {self.sampling!r}")
+
 
 @dataclass
 class OptimConfig:
@@ -199,9 +212,7 @@ class TokenReductionModule(L.LightningModule):
         u = float(torch.rand(()))
         if cfg.sampling == "log_uniform":
             return cfg.min_keep * (cfg.max_keep / cfg.min_keep) ** u
-        if cfg.sampling == "uniform":
-            return cfg.min_keep + (cfg.max_keep - cfg.min_keep) * u
-        raise ValueError(f"model.budget_training.sampling must be uniform|log_uniform, got {cfg.sampling!r}")
+        return cfg.min_keep + (cfg.max_keep - cfg.min_keep) * u
 
     def training_step(self, batch: dict[str, Tensor], batch_idx: int) -> Tensor:
         features = batch["features"]
