@@ -11,7 +11,7 @@ from matplotlib.figure import Figure
 
 from token_reduction.evaluation.plots import save_figure
 from token_reduction.lit_module import TokenReductionModule, comparison_name
-from token_reduction.models.selector import random_budget_mask
+from token_reduction.selection.random_selection import random_keep_mask
 
 FRACTIONS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 1.0)
 METHODS = ("learned", "random")
@@ -119,7 +119,7 @@ def draw_overlay(module: TokenReductionModule, datamodule: Any, images_root: Pat
     module.eval()
     with torch.no_grad():
         learned = module.selector.select(features, keep=OVERLAY_FRACTION).keep_mask(features.shape[1])[0]
-    random = random_budget_mask(features, OVERLAY_FRACTION, generator=torch.Generator().manual_seed(seed))[0]
+    random = random_keep_mask(features, OVERLAY_FRACTION, generator=torch.Generator().manual_seed(seed))[0]
     height, width = cache.manifest.image_size or (336, 336)
     picture = torch.from_numpy(
         np.asarray(Image.open(image_path).convert("RGB").resize((width, height)), dtype="float32") / 255.0

@@ -19,8 +19,9 @@ from torchmetrics import MeanMetric, MetricCollection
 from token_reduction.evaluation.metrics import TEXT_COVERAGE_THRESHOLD
 from token_reduction.losses import LossConfig, reconstruction_terms, total_loss
 from token_reduction.models import FeatureReconstructor, MaskedSequence, TokenSelector, TrunkConfig
-from token_reduction.models.selector import gumbel_keep_mask, gumbel_topk_mask, random_budget_mask
-from token_reduction.selection.base import budgets_per_image, valid_counts
+from token_reduction.models.selector import gumbel_keep_mask, gumbel_topk_mask
+from token_reduction.selection.base import budgets_per_image, top_k_mask, valid_counts
+from token_reduction.selection.random_selection import random_keep_mask
 
 
 
@@ -227,7 +228,7 @@ class TokenReductionModule(L.LightningModule):
             keep_mask = gumbel_keep_mask(logits, tau)
         num_random = round(budget_cfg.random_share * features.shape[0])
         if num_random:
-            random_mask = random_budget_mask(features[:num_random], self._random_fraction()).to(keep_mask.dtype)
+            random_mask = random_keep_mask(features[:num_random], self._random_fraction()).to(keep_mask.dtype)
             keep_mask = torch.cat([random_mask, keep_mask[num_random:]])
         prediction = self.reconstruct(target, keep_mask)
         terms = total_loss(prediction, target, torch.sigmoid(logits), self.loss_config)
@@ -256,8 +257,7 @@ class TokenReductionModule(L.LightningModule):
         generator = torch.Generator().manual_seed(self.hparams.eval_seed + int(batch["index"][0]))
         for fraction in self.eval_keep_fractions:
             budgets = budgets_per_image(fraction, valid_counts(features, None))
-            ranks = torch.argsort(torch.argsort(logits, dim=1, descending=True, stable=True), dim=1)
-            masks = {"learned": ranks < budgets[:, None], "random": random_budget_mask(features, fraction, generator=generator)}
+            masks = {"learned": top_k_mask(logits, budgets), "random": random_keep_mask(features, fraction, generator=generator)}
             for method, mask in masks.items():
                 cosine = reconstruction_terms(self.reconstruct(target, mask.float()), target)["cosine"]
                 metrics[comparison_name("cosine", fraction, method)].update(cosine, weight=features.shape[0])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from token_reduction import TokenSelector, TrunkConfig
-from token_reduction.models.selector import gumbel_keep_mask, gumbel_topk_mask, random_budget_mask
+from token_reduction.models.selector import gumbel_keep_mask, gumbel_topk_mask
+from token_reduction.selection.random_selection import random_keep_mask
 
 TRUNK = TrunkConfig(width=16, depth=1, heads=2, mlp_ratio=2.0)
 
@@ -74,10 +75,10 @@ def test_gumbel_topk_keeps_exact_budget_with_gradients() -> None:
     assert logits.grad.abs().sum() > 0
 
 
-def test_random_budget_mask_is_seeded_and_exact() -> None:
+def test_random_keep_mask_is_seeded_and_exact() -> None:
     features = torch.zeros(2, 16, 4)
-    a = random_budget_mask(features, 0.25, generator=torch.Generator().manual_seed(3))
-    b = random_budget_mask(features, 0.25, generator=torch.Generator().manual_seed(3))
+    a = random_keep_mask(features, 0.25, generator=torch.Generator().manual_seed(3))
+    b = random_keep_mask(features, 0.25, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b) and a.sum(dim=1).tolist() == [4, 4]
 
 

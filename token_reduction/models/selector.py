@@ -23,10 +23,8 @@ from token_reduction.models.backbone import FeatureStandardizer, TokenTrunk, Tru
 from token_reduction.selection.base import (
     Budget,
     TokenSelection,
-    budgets_per_image,
     selection_from_mask,
     selection_from_scores,
-    valid_counts,
 )
 
 CONFIG_NAME = "config.json"
@@ -189,14 +187,3 @@ def gumbel_topk_mask(logits: Tensor, budgets: Tensor, tau: float, padding_mask: 
     if padding_mask is not None:
         mask = mask.masked_fill(padding_mask, 0.0)
     return mask
-
-
-def random_budget_mask(features: Tensor, keep: Budget, padding_mask: Tensor | None = None, generator: torch.Generator | None = None) -> Tensor:
-    """Uniformly random keep mask with exactly the budget per image (the paper's baseline)."""
-    counts = valid_counts(features, padding_mask)
-    budgets = budgets_per_image(keep, counts)
-    scores = torch.rand(features.shape[:2], generator=generator, device="cpu").to(features.device)
-    if padding_mask is not None:
-        scores = scores.masked_fill(padding_mask, -1.0)
-    ranks = torch.argsort(torch.argsort(scores, dim=1, descending=True), dim=1)
-    return ranks < budgets[:, None]

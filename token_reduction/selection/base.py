@@ -129,13 +129,15 @@ def selection_from_scores(
     padding_mask: Tensor | None = None,
 ) -> TokenSelection:
     """Keep the ``keep`` highest-scoring tokens per image (ties broken by position), in original order."""
-    counts = valid_counts(features, padding_mask)
-    budgets = budgets_per_image(keep, counts)
+    budgets = budgets_per_image(keep, valid_counts(features, padding_mask))
+    return selection_from_mask(features, top_k_mask(scores, budgets, padding_mask))
+
+
+def top_k_mask(scores: Tensor, budgets: Tensor, padding_mask: Tensor | None = None) -> Tensor:
+    """``(B, N)`` mask of the ``budgets[b]`` highest scores per image; ties go to the earlier position."""
     scores = scores.float()
     if padding_mask is not None:
         scores = scores.masked_fill(padding_mask, float("-inf"))
     ranks = torch.argsort(torch.argsort(scores, dim=1, descending=True, stable=True), dim=1)
     keep_mask = ranks < budgets[:, None]
-    if padding_mask is not None:
-        keep_mask &= ~padding_mask
-    return selection_from_mask(features, keep_mask)
+    return keep_mask if padding_mask is None else keep_mask & ~padding_mask

@@ -11,7 +11,14 @@ from typing import Mapping
 import torch
 from torch import Tensor
 
-from token_reduction.selection.base import Budget, TokenSelection, budgets_per_image, selection_from_mask, valid_counts
+from token_reduction.selection.base import (
+    Budget,
+    TokenSelection,
+    budgets_per_image,
+    selection_from_mask,
+    top_k_mask,
+    valid_counts,
+)
 
 
 def random_keep_mask(
@@ -23,11 +30,7 @@ def random_keep_mask(
     """
     budgets = budgets_per_image(keep, valid_counts(features, padding_mask))
     scores = torch.rand(features.shape[:2], generator=generator).to(features.device)
-    if padding_mask is not None:
-        scores = scores.masked_fill(padding_mask, -1.0)
-    ranks = torch.argsort(torch.argsort(scores, dim=1, descending=True, stable=True), dim=1)
-    mask = ranks < budgets[:, None]
-    return mask if padding_mask is None else mask & ~padding_mask
+    return top_k_mask(scores, budgets, padding_mask)
 
 
 class RandomSelection:
