@@ -126,3 +126,39 @@ def test_random_share_trains_the_reconstructor_on_masks_the_selector_did_not_cho
     probe = GradientProbe()
     make_trainer(tmp_path, max_steps=1, limit_val_batches=0, enable_checkpointing=False, callbacks=[probe]).fit(module, data)
     assert probe.nonzero == {"selector": False, "reconstructor": True}
+
+
+def test_error_prediction_alone_teaches_the_selector_which_tokens_context_cannot_restore(synthetic_cache: Path, tmp_path: Path) -> None:
+    """With the reconstruction gradient cut (straight_through off), the error-prediction term alone must rank detail first."""
+    from token_reduction.lit_module import GumbelConfig
+
+    L.seed_everything(0)
+    data = FeatureCacheDataModule(str(synthetic_cache), batch_size=8, val_fraction=0.25)
+    module = TokenReductionModule(
+        dim=data.feature_dim, grid=data.grid, selector=TRUNK, reconstructor=TRUNK,
+        loss=LossConfig(sparsity_weight=0.0, error_weight=1.0), gumbel=GumbelConfig(straight_through=False),
+        optim=OptimConfig(lr=5e-3), eval_keep_fractions=(0.25,),
+    )
+    trainer = make_trainer(tmp_path, max_epochs=12, enable_checkpointing=False)
+    trainer.fit(module, data)
+    metrics = trainer.validate(module, data, verbose=False)[0]
+    assert metrics["val/text_recall@25%/learned"] > metrics["val/text_recall@25%/random"] + 0.2
+    logged = trainer.callback_metrics
+    assert "train/error" in logged and "train/probe_mse" in logged
+
+
+def test_token_error_separates_colour_from_structure() -> None:
+    from token_reduction.losses import error_prediction_term, token_error
+
+    target = torch.zeros(1, 2, 6)
+    prediction = target.clone()
+    prediction[0, 0] = 1.0  # token 0: a wrong flat colour
+    prediction[0, 1, ::2] = 1.0  # token 1: wrong structure, same mean error
+    plain = token_error(prediction, target)
+    assert plain[0, 0] == pytest.approx(1.0) and plain[0, 1] == pytest.approx(0.5)
+    cheap_colour = token_error(prediction, target, groups=3, colour_weight=0.0)
+    assert cheap_colour[0, 0] == pytest.approx(0.0) and cheap_colour[0, 1] == pytest.approx(0.25)
+    dropped = torch.tensor([[True, False]])
+    logits = torch.log(torch.tensor([[1.0, 0.5]]) / 0.1)
+    assert error_prediction_term(logits, plain, dropped, 0.1) == pytest.approx(0.0, abs=1e-6)
+    assert error_prediction_term(logits + 1.0, plain, dropped, 0.1) == pytest.approx(1.0)

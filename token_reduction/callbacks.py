@@ -50,11 +50,13 @@ class KeepMaskImages(L.Callback):
 class ExportSelector(L.Callback):
     """After fit, writes the selector alone (safetensors + config.json) for use without Lightning.
 
-    The best checkpoint's weights are exported when a ModelCheckpoint tracked one; otherwise the
-    final weights. The folder defaults to ``<log_dir>/selector``.
+    The FINAL weights are exported by default: the validation loss is measured in adaptive mode and
+    keeping every token lowers it, so the "best" checkpoint by that loss is usually an untrained
+    selector. ``use_best=True`` exports the best checkpoint of the ModelCheckpoint instead. The
+    export's metadata names its source. The folder defaults to ``<log_dir>/selector``.
     """
 
-    def __init__(self, dirpath: str | None = None, use_best: bool = True) -> None:
+    def __init__(self, dirpath: str | None = None, use_best: bool = False) -> None:
         self.dirpath = dirpath
         self.use_best = use_best
 

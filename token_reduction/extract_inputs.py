@@ -38,7 +38,7 @@ from token_reduction.encoders.geometry import (
 )
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp", ".tif", ".tiff")
-SIDECAR_FIELDS = ("kind", "split", "source")
+SIDECAR_FIELDS = ("kind", "split", "source", "group")
 TEXT_BOX_MODES = ("auto", "on", "off")
 
 

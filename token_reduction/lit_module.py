@@ -17,7 +17,7 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
 from token_reduction.evaluation.metrics import TEXT_COVERAGE_THRESHOLD
-from token_reduction.losses import LossConfig, reconstruction_terms, total_loss
+from token_reduction.losses import LossConfig, error_prediction_term, reconstruction_terms, token_error, total_loss
 from token_reduction.models import FeatureReconstructor, MaskedSequence, TokenSelector, TrunkConfig
 from token_reduction.models.selector import gumbel_keep_mask, gumbel_topk_mask
 from token_reduction.selection.base import budgets_per_image, top_k_mask, valid_counts
@@ -33,6 +33,7 @@ class GumbelConfig:
     tau_end: float = 0.2
     anneal_fraction: float = 0.8
     schedule: str = "cosine"  # cosine | linear | exponential
+    straight_through: bool = True  # False: the reconstruction loss does not reach the selector's logits
 
 
 @dataclass
@@ -116,6 +117,8 @@ class TokenReductionModule(L.LightningModule):
         eval_keep_fractions: tuple[float, ...] = (0.1, 0.25, 0.5),
         eval_seed: int = 1234,
         feature_source: str | None = None,
+        redundancy: float = 0.0,
+        duplicate_similarity: float | None = None,
     ) -> None:
         super().__init__()
         selector, reconstructor = _as(TrunkConfig, selector), _as(TrunkConfig, reconstructor)
@@ -139,10 +142,15 @@ class TokenReductionModule(L.LightningModule):
                 "eval_keep_fractions": self.eval_keep_fractions,
                 "eval_seed": eval_seed,
                 "feature_source": feature_source,
+                "redundancy": redundancy,
+                "duplicate_similarity": duplicate_similarity,
             }
         )
         self.grid = (int(grid[0]), int(grid[1]))
-        self.selector = TokenSelector(dim, selector, grid=self.grid, threshold=threshold, init_keep_logit=init_keep_logit)
+        self.selector = TokenSelector(
+            dim, selector, grid=self.grid, threshold=threshold, init_keep_logit=init_keep_logit,
+            redundancy=redundancy, duplicate_similarity=duplicate_similarity,
+        )
         self.mask_embedding = MaskedSequence(dim)
         self.reconstructor = FeatureReconstructor(dim, reconstructor)
         self.register_buffer("statistics_ready", torch.tensor(False))
@@ -221,23 +229,40 @@ class TokenReductionModule(L.LightningModule):
         logits = self.selector(features)
         tau = self.temperature()
         budget_cfg = self.budget_training
+        mask_logits = logits if self.gumbel.straight_through else logits.detach()
         if budget_cfg.probability > 0 and torch.rand(()) < budget_cfg.probability:
             budgets = budgets_per_image(self._random_fraction(), valid_counts(features, None))
-            keep_mask = gumbel_topk_mask(logits, budgets, tau)
+            keep_mask = gumbel_topk_mask(mask_logits, budgets, tau)
         else:
-            keep_mask = gumbel_keep_mask(logits, tau)
+            keep_mask = gumbel_keep_mask(mask_logits, tau)
         num_random = round(budget_cfg.random_share * features.shape[0])
         if num_random:
             random_mask = random_keep_mask(features[:num_random], self._random_fraction()).to(keep_mask.dtype)
             keep_mask = torch.cat([random_mask, keep_mask[num_random:]])
         prediction = self.reconstruct(target, keep_mask)
         terms = total_loss(prediction, target, torch.sigmoid(logits), self.loss_config)
+        if self.loss_config.error_weight > 0:
+            terms.update(self._error_prediction(features, target, logits))
+            terms["loss"] = terms["loss"] + self.loss_config.error_weight * terms["error"] + self.loss_config.mse_weight * terms["probe_mse"]
         kept = keep_mask.detach().mean(dim=1)
         self.log_dict({f"train/{k}": v for k, v in terms.items()}, prog_bar=False, on_step=True, on_epoch=True)
         self.log("train/keep_rate", kept.mean(), prog_bar=True, on_step=True, on_epoch=True)
         self.log("train/keep_rate_std", kept.std() if kept.numel() > 1 else kept.new_zeros(()), on_epoch=True)
         self.log("train/tau", tau, on_step=True, on_epoch=False)
         return terms["loss"]
+
+    def _error_prediction(self, features: Tensor, target: Tensor, logits: Tensor) -> dict[str, Tensor]:
+        """Reconstruct from a random mask; teach the selector each dropped token's error (see LossConfig)."""
+        cfg = self.loss_config
+        probe_mask = random_keep_mask(features, self._random_fraction())
+        prediction = self.reconstruct(target, probe_mask.float())
+        dropped = ~probe_mask
+        mse = (prediction - target).pow(2).mean(dim=-1)
+        error = token_error(prediction.detach(), target, cfg.error_channel_groups, cfg.error_colour_weight)
+        return {
+            "probe_mse": (mse * dropped).sum() / dropped.sum().clamp_min(1),
+            "error": error_prediction_term(logits, error, dropped, cfg.error_tolerance),
+        }
 
     # ---------------------------------------------------------------------------- evaluation
     def _evaluate(self, batch: dict[str, Tensor], stage: str) -> dict[str, Tensor]:

@@ -24,13 +24,15 @@ def test_parsers():
         with pytest.raises(argparse.ArgumentTypeError):
             parse_keep(bad)
     assert parse_methods("Learned, tome,") == ["learned", "tome"]
-    assert default_methods(None, {"text": [4]}) == ["random", "pooling", "norm", "tome"]
-    assert default_methods("sel", {"attention": [4]}) == ["learned", "random", "pooling", "norm", "tome", "attention", "visionzip"]
+    baselines = ["random", "grid", "pooling", "norm", "contrast", "tome", "diversity"]
+    assert default_methods(None, {"text": [4]}) == baselines
+    assert default_methods("sel", {"attention": [4]}) == ["learned", *baselines, "attention", "visionzip"]
 
 
 def test_standalone_parser_has_the_documented_options():
     args = add_evaluate_arguments(argparse.ArgumentParser()).parse_args(["--cache", "C", "--out", "O"])
-    assert args.keep == [0.1, 0.25, 0.5, 0.75] and args.split == "test" and args.seed == 0 and args.methods is None
+    assert args.keep == [0.1, 0.2, 0.3, 0.5, 0.75] and args.split == "test" and args.seed == 0 and args.methods is None
+    assert args.ocr == "auto" and args.ocr_keep == [0.2, 0.3, 0.5]
 
 
 def test_runs_end_to_end(eval_cache, tiny_selector, tmp_path, capsys):

@@ -99,3 +99,26 @@ def test_wrong_feature_dim_is_a_clear_error(tmp_path: Path) -> None:
         selector(torch.randn(1, 16, 10))
     with pytest.raises(FileNotFoundError, match="not an exported TokenSelector"):
         TokenSelector.from_pretrained(tmp_path)
+
+
+def test_redundancy_fills_budgets_with_distinct_tokens_and_round_trips(tmp_path: Path) -> None:
+    selector = make_selector(redundancy=1.0)
+    features = torch.randn(1, 16, 12)
+    features[0, 1:5] = features[0, 0]  # five copies of one token
+    with torch.no_grad():
+        logits = selector(features)
+    logits_order = logits[0].argsort(descending=True)
+    kept = selector.select(features, keep=4).indices[0].tolist()
+    copies = [i for i in kept if i < 5]
+    assert len(copies) <= 1, (kept, logits_order.tolist())  # identical tokens are never kept twice while distinct ones wait
+    loaded = TokenSelector.from_pretrained(selector.save_pretrained(tmp_path / "sel"))
+    assert loaded.redundancy == 1.0 and loaded.select(features, keep=4).indices.tolist() == [sorted(kept)]
+
+
+def test_duplicate_similarity_collapses_a_uniform_image_in_adaptive_mode() -> None:
+    selector = make_selector(threshold=0.0, duplicate_similarity=0.99)  # threshold 0: every token passes the score test
+    uniform = torch.ones(1, 16, 12) * torch.randn(12)
+    varied = torch.randn(1, 16, 12)
+    assert int(selector.select(uniform).counts[0]) == 1
+    assert int(selector.select(varied).counts[0]) == 16
+    assert int(make_selector(threshold=0.0).select(uniform).counts[0]) == 16  # off by default (the paper's rule)

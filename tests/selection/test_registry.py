@@ -16,7 +16,7 @@ from token_reduction.selection import registry
 
 
 def test_known_names_build_protocol_implementations():
-    assert available_methods() == ["learned", "random", "pooling", "norm", "attention", "tome", "visionzip"]
+    assert available_methods() == ["learned", "random", "pooling", "norm", "attention", "tome", "visionzip", "contrast", "grid", "diversity"]
     for name in available_methods()[1:]:
         method = get_method(name)
         assert isinstance(method, SelectionMethod) and method.name == name

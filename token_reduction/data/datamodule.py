@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_warn
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
 
+from token_reduction.data.augment import colour_jitter
 from token_reduction.data.cache import FeatureCache
 from token_reduction.data.manifest import CacheError
 
@@ -129,6 +130,7 @@ class FeatureCacheDataModule(L.LightningDataModule):
         statistics_samples: int = 1024,
         max_train_samples: int | None = None,
         pin_memory: bool = False,
+        colour_augment: float = 0.0,
     ) -> None:
         super().__init__()
         self.save_hyperparameters()
@@ -146,6 +148,19 @@ class FeatureCacheDataModule(L.LightningDataModule):
             self.split_indices["train"] = self.split_indices["train"][:max_train_samples]
         if not self.split_indices["train"]:
             raise CacheError(f"{cache_dir}: no sample falls in the training split (check 'split' fields / val_fraction)")
+        if not 0.0 <= colour_augment <= 1.0:
+            raise ValueError(f"data.colour_augment must be a probability in [0, 1], got {colour_augment}")
+        if colour_augment and not manifest.encoder.startswith("pixels:"):
+            raise ValueError(
+                f"data.colour_augment: {cache_dir} holds {manifest.encoder} features; colour maps are affine only "
+                "on pixels:P tokens, so set it to 0 for this cache"
+            )
+
+    def on_after_batch_transfer(self, batch: dict[str, Any], dataloader_idx: int) -> dict[str, Any]:
+        """Recolour training batches on the device (see :mod:`token_reduction.data.augment`)."""
+        if self.hparams.colour_augment and self.trainer is not None and self.trainer.training:
+            batch["features"] = colour_jitter(batch["features"], self.hparams.colour_augment)
+        return batch
 
     def feature_statistics(self) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-channel mean/std over an evenly spaced subset of training samples (deterministic)."""

@@ -2,11 +2,13 @@
 
 Training a selector needs images, and a fresh checkout should not need a download to get them.
 Photos come from images that scikit-image and scikit-learn ship inside their wheels; pages are
-drawn with matplotlib's bundled fonts and carry ground-truth text boxes. The spec (seed, size,
-counts per kind and split, held-out sources) lives in ``data/default_set.json``.
+drawn with matplotlib's bundled fonts in every colour scheme (:mod:`token_reduction.data.styles`)
+and carry ground-truth words and boxes; blank images come in every colour. The spec (seed, size,
+counts per kind and split, held-out sources, fonts and layouts) lives in ``data/default_set.json``.
 
 Output contract (read by feature extraction): ``NAME.png`` (RGB, ``size`` x ``size``) with a
-sidecar ``NAME.json`` = ``{"kind", "split", "source", "boxes"}`` and a top-level ``index.json``.
+sidecar ``NAME.json`` = ``{"kind", "split", "source", "group", "style", "boxes", "words"}`` and a
+top-level ``index.json``.
 """
 
 from __future__ import annotations
@@ -25,12 +27,15 @@ import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 from tqdm.auto import tqdm
 
-from token_reduction.data.pages import RENDERERS, font_files
+from token_reduction.data.layouts import RENDERERS
+from token_reduction.data.pages import font_files
+from token_reduction.data.styles import luminance, make_style, render_blank
 
 BUILDER = "token_reduction.data.default_set"
-BUILDER_VERSION = 1
+BUILDER_VERSION = 2
 INDEX_NAME = "index.json"
-KINDS = ("photo", "document", "receipt", "chart", "photo_text")
+KINDS = ("photo", "blank", "document", "receipt", "chart", "slide", "ui", "table", "form", "photo_text")
+PAGE_GROUPS = ("white", "tinted", "dark", "panels")
 SPLITS = ("train", "val", "test")
 SPEC_ENV = "TOKEN_REDUCTION_DEFAULT_SET_SPEC"
 SPEC_PATH = Path(__file__).resolve().parents[2] / "data" / "default_set.json"
@@ -104,6 +109,7 @@ def plan_counts(spec: dict[str, Any], num_images: int) -> dict[str, dict[str, in
     plan = {}
     for kind, count in zip(KINDS, per_kind):
         mins = [1 if count >= 1 else 0, 1 if count >= 3 else 0, 1 if count >= 2 else 0]
+        mins = [m if table[kind][s] > 0 else 0 for m, s in zip(mins, SPLITS)]  # held-out kinds stay held out
         plan[kind] = dict(zip(SPLITS, apportion(count, [table[kind][s] for s in SPLITS], mins)))
     return plan
 
@@ -139,7 +145,7 @@ def load_photo(source: str) -> Image.Image | None:
 
 
 def augment_photo(photo: Image.Image, rng: np.random.Generator, size: int, augment: dict[str, Any]) -> Image.Image:
-    """A seeded square crop, optional mirror and mild brightness/contrast change, resized to ``size``."""
+    """A seeded square crop (any scale), optional mirror, brightness/contrast/colour change, resized to ``size``."""
     low, high = augment.get("crop_fraction", [0.35, 1.0])
     side = max(8, int(min(photo.size) * rng.uniform(low, high)))
     x = int(rng.integers(0, photo.width - side + 1))
@@ -148,7 +154,8 @@ def augment_photo(photo: Image.Image, rng: np.random.Generator, size: int, augme
     if rng.random() < augment.get("flip_probability", 0.5):
         image = ImageOps.mirror(image)
     image = ImageEnhance.Brightness(image).enhance(rng.uniform(*augment.get("brightness", [1.0, 1.0])))
-    return ImageEnhance.Contrast(image).enhance(rng.uniform(*augment.get("contrast", [1.0, 1.0])))
+    image = ImageEnhance.Contrast(image).enhance(rng.uniform(*augment.get("contrast", [1.0, 1.0])))
+    return ImageEnhance.Color(image).enhance(rng.uniform(*augment.get("saturation", [1.0, 1.0])))
 
 
 Pools = dict[str, list[tuple[str, Image.Image]]]
@@ -165,25 +172,43 @@ def _photo_pools(spec: dict[str, Any]) -> Pools:
     return pools
 
 
-def _render(
-    kind: str, split: str, number: int, seed: int, size: int, spec: dict[str, Any], pools: Pools
-) -> tuple[Image.Image, list[list[int]], str]:
-    """One image, a function of (seed, kind, number) only, so builds are reproducible."""
+Rendered = dict[str, Any]
+
+
+def blank_group(image: Image.Image) -> str:
+    """The colour group of a blank image, so adaptive keep rates can be reported per colour."""
+    r, g, b = (float(v) for v in np.asarray(image).reshape(-1, 3).mean(axis=0))
+    level = luminance((r, g, b))  # type: ignore[arg-type]
+    return "white" if level > 225 and max(r, g, b) - min(r, g, b) < 25 else "dark" if level < 90 else "tinted"
+
+
+def _render(kind: str, split: str, number: int, seed: int, size: int, spec: dict[str, Any], pools: Pools) -> Rendered:
+    """One image with its sidecar fields, a function of (seed, kind, number) only, so builds are reproducible."""
     rng = np.random.default_rng([seed, KINDS.index(kind), number])
-    group = "test" if split == "test" else "train"
+    held_out = split == "test"
+    group = "test" if held_out else "train"
     photos = pools[group]
     photo_source, photo = photos[number % len(photos)]
+    augment = spec.get("photo_augment", {})
     if kind == "photo":
-        return augment_photo(photo, rng, size, spec.get("photo_augment", {})), [], photo_source
+        return {"image": augment_photo(photo, rng, size, augment), "source": photo_source, "group": "photo"}
+    if kind == "blank":
+        image, variant = render_blank(rng, size, held_out)
+        return {"image": image, "source": f"render:blank:{variant}", "group": blank_group(image), "style": variant}
     families = spec["page_fonts"][group][kind]
     family = families[number % len(families)]
     fonts = font_files(spec["font_files"][family], Path(matplotlib.get_data_path()) / "fonts" / "ttf")
+    groups = spec.get("page_groups", PAGE_GROUPS)
+    page_group = "photo" if kind == "photo_text" else groups[number % len(groups)]
+    style = make_style(rng, page_group, held_out)
     if kind == "photo_text":
-        background = augment_photo(photo, rng, size, spec.get("photo_augment", {}))
-        image, boxes = RENDERERS[kind](rng, size, fonts, background)
-        return image, boxes, f"render:{kind}:{family}@{photo_source}"
-    image, boxes = RENDERERS[kind](rng, size, fonts)
-    return image, boxes, f"render:{kind}:{family}"
+        background = augment_photo(photo, rng, size, augment)
+        image, boxes, words = RENDERERS[kind](rng, size, fonts, style, background)
+        source = f"render:{kind}:{family}@{photo_source}"
+    else:
+        image, boxes, words = RENDERERS[kind](rng, size, fonts, style)
+        source = f"render:{kind}:{family}"
+    return {"image": image, "source": source, "group": page_group, "style": style.describe(), "boxes": boxes, "words": words}
 
 
 def _params(spec: dict[str, Any], num_images: int, size: int, seed: int) -> dict[str, Any]:
@@ -222,22 +247,24 @@ def _write_build(tmp: Path, spec: dict[str, Any], params: dict[str, Any], progre
     entries = []
     with tqdm(total=num_images, desc="default image set", disable=not progress, unit="img") as bar:
         for kind in KINDS:
-            folder = "photos" if kind == "photo" else "pages"
+            folder = {"photo": "photos", "blank": "blanks"}.get(kind, "pages")
             (tmp / folder).mkdir(parents=True, exist_ok=True)
             splits = [s for s in SPLITS for _ in range(plan[kind][s])]
             for number, split in enumerate(splits):
-                image, boxes, source = _render(kind, split, number, seed, size, spec, pools)
+                rendered = _render(kind, split, number, seed, size, spec, pools)
                 stem = f"{folder}/{kind}_{number:04d}"
-                image.save(tmp / f"{stem}.png", optimize=False)
-                sidecar = {"kind": kind, "split": split, "source": source, "boxes": boxes}
+                rendered.pop("image").save(tmp / f"{stem}.png", optimize=False)
+                sidecar = {"kind": kind, "split": split, "boxes": [], "words": [], **rendered}
                 (tmp / f"{stem}.json").write_text(json.dumps(sidecar) + "\n")
-                entries.append({"image": f"{stem}.png", "sidecar": f"{stem}.json", "kind": kind,
-                                "split": split, "source": source, "num_boxes": len(boxes)})
+                entries.append({"image": f"{stem}.png", "sidecar": f"{stem}.json", "kind": kind, "split": split,
+                                "source": sidecar["source"], "group": sidecar["group"], "num_boxes": len(sidecar["boxes"])})
                 bar.update(1)
     index = {**params, "complete": True,
              "counts": plan,
              "held_out": {"photo_sources": spec["photo_sources"]["test"],
-                          "fonts": sorted({f for fs in spec["page_fonts"]["test"].values() for f in fs})},
+                          "fonts": sorted({f for fs in spec["page_fonts"]["test"].values() for f in fs}),
+                          "layouts": [k for k in KINDS if spec["counts"][k]["train"] == 0],
+                          "hue_bands": "token_reduction.data.styles.TEST_HUES"},
              "images": entries}
     (tmp / INDEX_NAME).write_text(json.dumps(index, indent=1) + "\n")
 

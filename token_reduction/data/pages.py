@@ -8,15 +8,17 @@ the tokens that cover text. Fonts are matplotlib's bundled TTFs, so nothing is d
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from token_reduction.data.styles import Color, Style, hsv, hue, paint, pick_fill
+
 Box = list[int]
-Color = tuple[int, int, int]
 Font = ImageFont.FreeTypeFont
+Page = tuple[Image.Image, list[Box], list[str]]
+"""A rendered page: the image, the ink box of every word, and the words themselves (same order)."""
 
 PAGE_KINDS = ("document", "receipt", "chart", "photo_text")
 
@@ -45,7 +47,6 @@ _GOODS = (
     "NAPKINS PENCIL TAPE"
 ).split()
 _STORES = "MARKET GROCER DELI BAKERY PANTRY STORE CAFE OUTLET DEPOT".split()
-_PAPER_BG = ((250, 250, 247), (255, 255, 255), (246, 243, 236), (242, 244, 247))
 
 
 def px(base: float, size: int) -> int:
@@ -66,6 +67,7 @@ class Canvas:
         self.image = image
         self.draw = ImageDraw.Draw(image)
         self.boxes: list[Box] = []
+        self.words_drawn: list[str] = []
 
     @property
     def size(self) -> tuple[int, int]:
@@ -84,6 +86,7 @@ class Canvas:
         self.draw.text(xy, text, font=font, fill=fill)
         box = [int(x0), int(y0), int(x1), int(y1)]
         self.boxes.append(box)
+        self.words_drawn.append(text)
         return box
 
     def words(self, xy: tuple[float, float], line: str, font: Font, fill: Color, gap: float | None = None) -> float:
@@ -110,7 +113,11 @@ class Canvas:
             return None
         self.image.paste(Image.new("RGB", mask.size, fill), (xy[0], xy[1]), mask)
         self.boxes.append(box)
+        self.words_drawn.append(text)
         return box
+
+    def result(self) -> "Page":
+        return self.image, self.boxes, self.words_drawn
 
 
 def sentence(rng: np.random.Generator, low: int, high: int) -> str:
@@ -138,22 +145,16 @@ def wrap(text: str, font: Font, width: float) -> list[str]:
     return lines
 
 
-def _ink(rng: np.random.Generator, dark: bool = True) -> Color:
-    if dark:
-        level = int(rng.integers(0, 60))
-        return (level, level, min(255, level + int(rng.integers(0, 40))))
-    level = int(rng.integers(225, 256))
-    return (level, level, level)
+def panel(canvas: Canvas, rng: np.random.Generator, style: Style, box: tuple[float, float, float, float]) -> Color:
+    """Fill ``box`` with the style's accent (a coloured panel) and return an ink that reads on it."""
+    canvas.draw.rectangle([round(v) for v in box], fill=style.accent)
+    return style.ink_on(rng, style.accent)
 
 
-def _paper(rng: np.random.Generator) -> Color:
-    return _PAPER_BG[int(rng.integers(len(_PAPER_BG)))]
-
-
-def render_document(rng: np.random.Generator, size: int, fonts: dict[str, str]) -> tuple[Image.Image, list[Box]]:
+def render_document(rng: np.random.Generator, size: int, fonts: dict[str, str], style: Style) -> Page:
     """Title, optional byline and rule, then headed paragraphs in one or two columns."""
-    canvas = Canvas(Image.new("RGB", (size, size), _paper(rng)))
-    ink = _ink(rng)
+    canvas = Canvas(style.canvas(size))
+    ink = style.ink
     margin = px(float(rng.integers(12, 30)), size)
     width = size - 2 * margin
     title_font = load_font(fonts["bold"], px(float(rng.integers(20, 29)), size))
@@ -161,9 +162,15 @@ def render_document(rng: np.random.Generator, size: int, fonts: dict[str, str]) 
     body = load_font(fonts["regular"], body_px)
     head = load_font(fonts["bold"], px(float(rng.integers(13, 19)), size))
     y = float(margin)
-    for line in wrap(" ".join(sentence(rng, 2, 5)[:-1].title().split()), title_font, width)[:2]:
-        canvas.words((margin, y), line, title_font, ink)
+    title_lines = wrap(" ".join(sentence(rng, 2, 5)[:-1].title().split()), title_font, width)[:2]
+    title_ink = ink
+    if style.group == "panels":  # a coloured header band behind the title
+        title_ink = panel(canvas, rng, style, (0, 0, size - 1, margin + title_font.size * 1.25 * len(title_lines) + margin / 2))
+    for line in title_lines:
+        canvas.words((margin, y), line, title_font, title_ink)
         y += title_font.size * 1.25
+    if style.group == "panels":
+        y += margin / 2
     if rng.random() < 0.6:
         byline = load_font(fonts["regular"], px(float(rng.integers(10, 13)), size))
         canvas.words((margin, y), f"{sentence(rng, 2, 4)[:-1]} {int(rng.integers(1990, 2030))}", byline, ink)
@@ -187,6 +194,11 @@ def render_document(rng: np.random.Generator, size: int, fonts: dict[str, str]) 
                 y += head.size * 1.5
             paragraph = " ".join(sentence(rng, 6, 16) for _ in range(int(rng.integers(1, 4))))
             lines = wrap(paragraph, body, col_width)
+            line_ink = ink
+            if style.group == "panels" and rng.random() < 0.4:  # a call-out box behind the paragraph
+                room = min(len(lines), int((bottom - y) // leading))
+                if room > 0:
+                    line_ink = panel(canvas, rng, style, (x0 - 4, y - 3, x0 + col_width + 4, y + room * leading + 1))
             for index, line in enumerate(lines):
                 if y + leading > bottom:
                     break
@@ -194,21 +206,21 @@ def render_document(rng: np.random.Generator, size: int, fonts: dict[str, str]) 
                 words = line.split()
                 if justify and index < len(lines) - 1 and len(words) > 1:
                     gap = (col_width - sum(body.getlength(w) for w in words)) / (len(words) - 1)
-                canvas.words((x0, y), line, body, ink, gap)
+                canvas.words((x0, y), line, body, line_ink, gap)
                 y += leading
             y += leading * 0.5
-    return canvas.image, canvas.boxes
+    return canvas.result()
 
 
-def render_receipt(rng: np.random.Generator, size: int, fonts: dict[str, str]) -> tuple[Image.Image, list[Box]]:
-    """A till receipt on a table: store header, item lines with right-aligned prices, totals."""
-    table = tuple(int(v) for v in rng.integers(70, 170, size=3))
-    canvas = Canvas(Image.new("RGB", (size, size), table))  # type: ignore[arg-type]
+def render_receipt(rng: np.random.Generator, size: int, fonts: dict[str, str], style: Style) -> Page:
+    """A till receipt (the style's paper) lying on a table of any colour and texture."""
+    table = hsv(hue(rng, style.held_out), float(rng.uniform(0, 0.9)), float(rng.uniform(0.05, 0.95)))
+    canvas = Canvas(Image.fromarray(paint(table, pick_fill(rng), (size, size), rng)))
     paper_w = int(size * rng.uniform(0.6, 0.85))
-    px0 = int(rng.integers(px(6, size), size - paper_w - px(6, size) + 1))
+    px0 = int(rng.integers(px(6, size), max(px(6, size), size - paper_w - px(6, size)) + 1))
     py0 = int(rng.integers(0, px(24, size)))
-    canvas.draw.rectangle([px0, py0, px0 + paper_w, size - 1], fill=_paper(rng))
-    ink = _ink(rng)
+    canvas.image.paste(style.canvas((paper_w + 1, size - py0)), (px0, py0))
+    ink = style.ink
     pad = px(10, size)
     left, right = px0 + pad, px0 + paper_w - pad
     font = load_font(fonts["regular"], px(float(rng.integers(10, 15)), size))
@@ -257,13 +269,13 @@ def render_receipt(rng: np.random.Generator, size: int, fonts: dict[str, str]) -
     if y + step * 1.5 <= size - pad:
         y += step * 0.5
         centered("THANK YOU", font)
-    return canvas.image, canvas.boxes
+    return canvas.result()
 
 
-def render_chart(rng: np.random.Generator, size: int, fonts: dict[str, str]) -> tuple[Image.Image, list[Box]]:
-    """A bar or line chart with title, axis labels (the y one rotated), ticks and category labels."""
-    canvas = Canvas(Image.new("RGB", (size, size), _paper(rng)))
-    ink = _ink(rng)
+def render_chart(rng: np.random.Generator, size: int, fonts: dict[str, str], style: Style) -> Page:
+    """A bar, line or filled-area chart with title, axis labels (the y one rotated), ticks and categories."""
+    canvas = Canvas(style.canvas(size))
+    ink = style.ink
     title = load_font(fonts["bold"], px(float(rng.integers(14, 21)), size))
     label = load_font(fonts["regular"], px(float(rng.integers(11, 15)), size))
     tick = load_font(fonts["regular"], px(float(rng.integers(10, 13)), size))
@@ -282,7 +294,7 @@ def render_chart(rng: np.random.Generator, size: int, fonts: dict[str, str]) -> 
     y0 = int(top)
     for value in ticks:
         y = y1 - (y1 - y0) * value / peak
-        canvas.draw.line([(x0, round(y)), (x1, round(y))], fill=(225, 225, 225), width=1)
+        canvas.draw.line([(x0, round(y)), (x1, round(y))], fill=style.faint, width=1)
         canvas.text((x0 - px(5, size) - tick.getlength(str(value)), y - tick.size * 0.6), str(value), tick, ink)
     canvas.draw.line([(x0, y0), (x0, y1), (x1, y1)], fill=ink, width=max(1, size // 224))
     x_label = str(rng.choice(_WORDS)).title()
@@ -293,7 +305,7 @@ def render_chart(rng: np.random.Generator, size: int, fonts: dict[str, str]) -> 
         names.pop()
         slot = (x1 - x0) / len(names)
     values = rng.uniform(0.1, 0.95, size=len(names)) * peak
-    color = tuple(int(v) for v in rng.integers(30, 200, size=3))
+    color = style.accent
     points = []
     for index, (name, value) in enumerate(zip(names, values)):
         centre = x0 + slot * (index + 0.5)
@@ -301,15 +313,19 @@ def render_chart(rng: np.random.Generator, size: int, fonts: dict[str, str]) -> 
         points.append((round(centre), round(y1 - height)))
         if tick.getlength(name) <= slot * 0.95:
             canvas.text((centre - tick.getlength(name) / 2, y1 + px(4, size)), name, tick, ink)
-    if rng.random() < 0.6:
+    shape = rng.random()
+    if shape < 0.45:
         for cx, cy in points:
             canvas.draw.rectangle([round(cx - slot * 0.3), cy, round(cx + slot * 0.3), y1 - 1], fill=color)
+    elif shape < 0.7:  # filled area: a large uniform region that is not background
+        outline = [(x0 + 1, y1 - 1), *points, (x1 - 1, y1 - 1)]
+        canvas.draw.polygon(outline, fill=color)
     else:
         canvas.draw.line(points, fill=color, width=max(2, size // 112))
         r = max(2, size // 100)
         for cx, cy in points:
             canvas.draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=color)
-    return canvas.image, canvas.boxes
+    return canvas.result()
 
 
 def _free_spot(rng: np.random.Generator, size: int, w: int, h: int, taken: list[Box]) -> tuple[int, int] | None:
@@ -323,9 +339,7 @@ def _free_spot(rng: np.random.Generator, size: int, w: int, h: int, taken: list[
     return None
 
 
-def render_photo_text(
-    rng: np.random.Generator, size: int, fonts: dict[str, str], photo: Image.Image
-) -> tuple[Image.Image, list[Box]]:
+def render_photo_text(rng: np.random.Generator, size: int, fonts: dict[str, str], style: Style, photo: Image.Image) -> Page:
     """Text over a photograph: a caption band plus signs and tags in free spots."""
     canvas = Canvas(photo.convert("RGB").resize((size, size)))
     taken: list[Box] = []
@@ -338,7 +352,7 @@ def render_photo_text(
         overlay = Image.new("RGBA", (size, band_h), (0, 0, 0, int(rng.integers(150, 230))))
         canvas.image.paste(overlay, (0, band_y), overlay)
         for index, line in enumerate(lines):
-            canvas.words((px(8, size), band_y + face.size * (0.3 + 1.4 * index)), line, face, _ink(rng, dark=False))
+            canvas.words((px(8, size), band_y + face.size * (0.3 + 1.4 * index)), line, face, style.ink)
         taken.append([0, band_y, size, band_y + band_h])
     for _ in range(int(rng.integers(1, 4))):
         sign = rng.random() < 0.6
@@ -352,20 +366,20 @@ def render_photo_text(
         spot = _free_spot(rng, size, w, h, taken)
         if spot is None:
             continue
-        fill = tuple(int(v) for v in rng.integers(0, 256, size=3)) if sign else (250, 250, 245)
-        text_fill = _ink(rng, dark=sum(fill) > 380)
+        fill = hsv(hue(rng, style.held_out), float(rng.uniform(0, 1)), float(rng.uniform(0.2, 1))) if sign else (250, 250, 245)
+        text_fill = style.ink_on(rng, fill)
         canvas.draw.rectangle([spot[0], spot[1], spot[0] + w - 1, spot[1] + h - 1], fill=fill, outline=text_fill)
         canvas.words((spot[0] + pad - left, spot[1] + pad - top), text, face, text_fill)
         taken.append([spot[0], spot[1], spot[0] + w, spot[1] + h])
-    return canvas.image, canvas.boxes
-
-
-RENDERERS: dict[str, Callable[..., tuple[Image.Image, list[Box]]]] = {
-    "document": render_document,
-    "receipt": render_receipt,
-    "chart": render_chart,
-    "photo_text": render_photo_text,
-}
+    if rng.random() < 0.5:  # free-standing text straight on the photo, with no band or sign behind it
+        face = load_font(fonts["bold"], px(float(rng.integers(18, 30)), size))
+        text = " ".join(str(w) for w in rng.choice(_WORDS, size=int(rng.integers(1, 3)))).upper()
+        left, top, right, bottom = face.getbbox(text)
+        spot = _free_spot(rng, size, right - left + 4, bottom - top + 4, taken)
+        if spot is not None:
+            behind = tuple(int(v) for v in np.asarray(canvas.image.crop((*spot, spot[0] + right - left, spot[1] + bottom - top))).reshape(-1, 3).mean(0))
+            canvas.words((spot[0] - left + 2, spot[1] - top + 2), text, face, style.ink_on(rng, behind))  # type: ignore[arg-type]
+    return canvas.result()
 
 
 def font_files(family_files: dict[str, str], font_dir: Path) -> dict[str, str]:

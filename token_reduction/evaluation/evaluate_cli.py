@@ -17,8 +17,8 @@ from token_reduction.data.manifest import CacheError
 from token_reduction.selection.base import Budget
 from token_reduction.selection.registry import OUT_OF_SCOPE, available_methods
 
-DEFAULT_KEEP = "0.1,0.25,0.5,0.75"
-BASELINES = ("random", "pooling", "norm", "tome")
+DEFAULT_KEEP = "0.1,0.2,0.3,0.5,0.75"
+BASELINES = ("random", "grid", "pooling", "norm", "contrast", "tome", "diversity")
 ATTENTION_METHODS = ("attention", "visionzip")
 
 
@@ -82,6 +82,15 @@ def add_evaluate_arguments(parser: argparse.ArgumentParser) -> argparse.Argument
     parser.add_argument("--max-samples", type=int, default=None, help="evaluate a seeded random subset of at most this many images")
     parser.add_argument("--batch-size", type=int, default=16, help="images per batch")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
+    parser.add_argument(
+        "--ocr",
+        default="auto",
+        help="OCR engine judging pages that have ground-truth words: auto (rapidocr if installed, else tesseract), "
+        "rapidocr, tesseract, or none (default auto; needs `pip install \".[ocr]\"` or Debian's tesseract-ocr)",
+    )
+    parser.add_argument("--ocr-keep", type=parse_keep, default=parse_keep("0.2,0.3,0.5"),
+                        help="budgets (fractions, also in --keep) at which OCR reads each page (default 0.2,0.3,0.5)")
+    parser.add_argument("--ocr-workers", type=int, default=2, help="OCR reads run in parallel in this many threads")
     return parser
 
 
@@ -97,6 +106,7 @@ def run_evaluate(args: argparse.Namespace) -> int:
     """Run an evaluation from parsed arguments; returns a process exit code (2 on a user error)."""
     from token_reduction.data.manifest import read_manifest
     from token_reduction.evaluation.harness import evaluate
+    from token_reduction.evaluation.ocr import OcrUnavailableError
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     try:
@@ -115,9 +125,12 @@ def run_evaluate(args: argparse.Namespace) -> int:
             neutral_config=args.neutral_config,
             neutral_overrides={"steps": args.neutral_steps},
             device=args.device,
+            ocr=None if args.ocr.lower() == "none" else args.ocr,
+            ocr_keep=[float(k) for k in args.ocr_keep],
+            ocr_workers=args.ocr_workers,
             log=lambda message: print(message, file=sys.stderr),
         )
-    except (CacheError, FileNotFoundError, ValueError) as err:
+    except (CacheError, FileNotFoundError, ValueError, OcrUnavailableError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"evaluated {len(results['rows'])} method x budget runs on {results['num_images']} images; see {args.out}/results.md")

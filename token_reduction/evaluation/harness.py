@@ -21,15 +21,16 @@ from torch import Tensor
 
 from token_reduction.data.cache import FeatureCache
 from token_reduction.data.manifest import atomic_write_bytes
+from token_reduction.evaluation.groups import ALL, GroupedMetrics, image_groups
 from token_reduction.evaluation.metrics import (
     METRICS,
-    MetricAccumulator,
     kept_fraction,
     pooled_cosine,
     reconstruction_scores,
     text_recall,
 )
 from token_reduction.evaluation.neutral import NeutralReconstructor, load_neutral_config, load_or_train_neutral
+from token_reduction.evaluation.ocr_judge import OcrJudge
 from token_reduction.evaluation.plots import adaptivity_figure, metric_figure, save_figure
 from token_reduction.evaluation.report import results_markdown, write_tensorboard
 from token_reduction.selection.attention import EXTRA_HINTS, MissingExtraError
@@ -55,6 +56,15 @@ def build_methods(
     names: Sequence[str], cache: FeatureCache, selector: str | os.PathLike | None, seed: int, device: str
 ) -> dict[str, SelectionMethod]:
     """Validate everything up front (names, extras, selector) so no error comes after minutes of work."""
+    import inspect
+
+    from token_reduction.selection.registry import METHODS
+
+    pixel_patch: int | None = None
+    if cache.manifest.encoder.strip().startswith("pixels:"):  # raw pixel tokens: pixel-aware methods need P
+        from token_reduction.encoders.pixels import parse_pixels_spec
+
+        pixel_patch = parse_pixels_spec(cache.manifest.encoder)[0]
     methods: dict[str, SelectionMethod] = {}
     for raw in names:
         name = canonical_name(raw)
@@ -73,6 +83,8 @@ def build_methods(
                 )
         elif name == "random":
             method = get_method("random", seed=seed)
+        elif "pixel_patch" in inspect.signature(METHODS[name]).parameters:
+            method = get_method(name, pixel_patch=pixel_patch)
         else:
             method = get_method(name)
         methods[name] = method
@@ -95,7 +107,6 @@ def _sync(device: str) -> None:
 
 
 def _score_batch(
-    accumulator: MetricAccumulator,
     method: SelectionMethod,
     keep: Budget | None,
     features: Tensor,
@@ -104,33 +115,40 @@ def _score_batch(
     generator: torch.Generator,
     neutral: NeutralReconstructor,
     device: str,
-) -> Tensor:
-    """Run one method at one budget on a batch, add its metrics, return the kept counts."""
+) -> tuple[dict[str, Tensor], Tensor, Tensor]:
+    """Run one method at one budget on a batch: per-image metrics, the keep mask, the reconstruction (standardised)."""
     _sync(device)
     start = time.perf_counter()
     selection = method.select(features, keep, extras=extras, grid=grid, generator=generator)
     _sync(device)
     elapsed_ms = (time.perf_counter() - start) * 1000.0
     prediction, target, keep_mask = neutral(features, selection)
-    for name, values in reconstruction_scores(prediction, target, keep_mask).items():
-        accumulator.update(name, values)
-    accumulator.update("pooled_cosine", pooled_cosine(features, selection))
+    values = dict(reconstruction_scores(prediction, target, keep_mask))
+    values["pooled_cosine"] = pooled_cosine(features, selection)
     if "text" in extras:
-        accumulator.update("text_recall", text_recall(keep_mask, extras["text"]))
-    accumulator.update("kept_fraction", kept_fraction(selection, features))
-    accumulator.update("time_ms", torch.tensor([elapsed_ms / features.shape[0]]), weight=float(features.shape[0]))
-    return selection.counts.cpu()
+        values["text_recall"] = text_recall(keep_mask, extras["text"])
+    values["kept_fraction"] = kept_fraction(selection, features)
+    values["time_ms"] = torch.full((features.shape[0],), elapsed_ms / features.shape[0])
+    return values, keep_mask, prediction
 
 
-def adaptivity_report(counts: Sequence[int], kinds: Sequence[str], num_tokens: int) -> dict[str, Any]:
-    """Per image kind: how many tokens the selector keeps when it decides (histogram, mean, std)."""
+def adaptivity_labels(sample: dict[str, Any]) -> list[str]:
+    """An image's kind, and its kind's category with its background colour group (e.g. ``pages/dark``)."""
+    kind = str(sample.get("kind") or "unknown")
+    group = sample.get("group")
+    return [kind] + ([f"{'pages' if kind not in ('photo', 'blank') else kind}/{group}"] if group else [])
+
+
+def adaptivity_report(counts: Sequence[int], labels: Sequence[str | Sequence[str]], num_tokens: int) -> dict[str, Any]:
+    """Per image kind (and colour group): how many tokens the selector keeps when it decides."""
     values = torch.tensor(list(counts), dtype=torch.float32)
     bins = min(HISTOGRAM_BINS, num_tokens)
     edges = torch.linspace(0, num_tokens, bins + 1).tolist()
     report: dict[str, Any] = {"num_tokens": num_tokens, "kinds": {}}
     groups = {"all": list(range(len(values)))}
-    for i, kind in enumerate(kinds):
-        groups.setdefault(kind, []).append(i)
+    for i, names in enumerate(labels):
+        for kind in [names] if isinstance(names, str) else names:
+            groups.setdefault(kind, []).append(i)
     for kind, members in groups.items():
         kept = values[members]
         report["kinds"][kind] = {
@@ -159,6 +177,11 @@ def evaluate(
     neutral_config: str | os.PathLike | None = None,
     neutral_overrides: dict[str, Any] | None = None,
     device: str = "cpu",
+    ocr: str | None = None,
+    ocr_keep: Sequence[float] = (0.2, 0.3, 0.5),
+    ocr_workers: int = 2,
+    ocr_methods: Sequence[str] | None = None,
+    ocr_max_pages: int | None = None,
     log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Evaluate ``methods`` at every ``keep`` budget on ``split``; write the reports to ``out_dir``; return the results.
@@ -169,6 +192,11 @@ def evaluate(
         neutral: folder of the neutral reconstructor (default ``<cache>/neutral_reconstructor``).
         neutral_config: YAML settings of the neutral reconstructor (default: the repo's).
         neutral_overrides: settings that replace the YAML's (e.g. ``{"steps": 20}``).
+        ocr: OCR engine judging pages with ground-truth words (``auto``, ``rapidocr``, ``tesseract``), or
+            ``None`` for none; it reads each page at the budgets in ``ocr_keep`` that are also in ``keep``
+            (for ``pixels:P`` caches the page decoded from the neutral reconstruction too, at the largest
+            of them), for every method or only ``ocr_methods``, on all pages or a seeded subset of
+            ``ocr_max_pages`` spread over the page groups.
     """
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -190,25 +218,48 @@ def evaluate(
         train = list(range(len(cache)))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
+    judge = None
+    if ocr is not None:  # fails now, before any training, when no engine is installed
+        judge = OcrJudge.for_cache(cache, indices, ocr, ocr_workers, max_pages=ocr_max_pages, seed=seed)
     config = load_neutral_config(neutral_config, **(neutral_overrides or {}))
     model, neutral_info = load_or_train_neutral(cache, train, config, neutral, fallback_folder=out, device=device, log=log)
 
     runs = [(name, budget) for name in built for budget in ([*budgets, None] if name == "learned" else budgets)]
-    accumulators = {run: MetricAccumulator() for run in runs}
+    metrics = {run: GroupedMetrics() for run in runs}
     generators = {run: torch.Generator().manual_seed(seed) for run in runs}
+    ceiling = GroupedMetrics()
+    ocr_runs = {
+        run for run in runs
+        if run[1] is not None and keep_fraction_of(run[1], m.num_tokens) in set(ocr_keep)
+        and (ocr_methods is None or run[0] in ocr_methods)
+    }
+    decoded_keep = max((keep_fraction_of(run[1], m.num_tokens) for run in ocr_runs), default=None)
+    groups = {i: image_groups(cache.samples[i]) for i in indices}
     adaptive_counts: list[int] = []
     names = ["features", *[extra for extra in ("text", "attention") if extra in m.extras]]
     log(f"evaluating {len(built)} method(s) x {len(budgets)} budget(s) on {len(indices)} images of split '{used_split}'")
     with torch.no_grad():
         for start in range(0, len(indices), batch_size):
-            data = cache.read_many(indices[start : start + batch_size], names)
+            batch = indices[start : start + batch_size]
+            data = cache.read_many(batch, names)
             features = data.pop("features").float().to(device)
             extras = {name: value.float().to(device) for name, value in data.items()}
+            batch_groups = [groups[i] for i in batch]
             for run in runs:
                 name, budget = run
-                counts = _score_batch(accumulators[run], built[name], budget, features, extras, m.grid, generators[run], model, device)
+                values, keep_mask, prediction = _score_batch(built[name], budget, features, extras, m.grid, generators[run], model, device)
+                for metric, value in values.items():
+                    metrics[run].update(metric, value, batch_groups)
                 if name == "learned" and budget is None:
-                    adaptive_counts.extend(int(c) for c in counts)
+                    adaptive_counts.extend(int(c) for c in keep_mask.sum(dim=1))
+                if judge is not None and run in ocr_runs:
+                    decode = keep_fraction_of(budget, m.num_tokens) == decoded_keep
+                    judge.add(run, batch, keep_mask, m.grid, model.unstandardize(prediction) if decode else None)
+    if judge is not None:
+        for (run, metric), per_image in judge.score(log).items():
+            for index, value in per_image.items():
+                target = metrics.setdefault(run, GroupedMetrics()) if run is not None else ceiling
+                target.update(metric, torch.tensor([value]), [groups[index]])
 
     rows = [
         {
@@ -216,16 +267,17 @@ def evaluate(
             "keep": budget,
             "label": keep_label(budget),
             "keep_fraction": None if budget is None else keep_fraction_of(budget, m.num_tokens),
-            "metrics": accumulators[(name, budget)].compute(),
-            "images": accumulators[(name, budget)].counts(),
+            "metrics": metrics[(name, budget)].compute()[ALL],
+            "groups": metrics[(name, budget)].compute(),
+            "images": metrics[(name, budget)].counts()[ALL],
         }
         for name, budget in runs
     ]
     samples = cache.samples
     adaptivity = None
     if adaptive_counts:
-        kinds = [str(samples[i].get("kind") or "unknown") for i in indices]
-        adaptivity = adaptivity_report(adaptive_counts, kinds, m.num_tokens)
+        labels = [adaptivity_labels(samples[i]) for i in indices]
+        adaptivity = adaptivity_report(adaptive_counts, labels, m.num_tokens)
     results = {
         "cache": str(cache.root),
         "encoder": m.encoder,
@@ -242,6 +294,9 @@ def evaluate(
         "metrics": list(METRICS),
         "neutral": neutral_info,
         "rows": rows,
+        "ocr": None if judge is None else {
+            "engine": ocr, "keep": list(ocr_keep), "decoded_keep": decoded_keep, "pages": len(judge.pages), "full_page": ceiling.compute(),
+        },
         "adaptivity": adaptivity,
     }
     write_reports(results, out)

@@ -33,6 +33,8 @@ METRICS = (
     "recon_mse_dropped",
     "pooled_cosine",
     "text_recall",
+    "ocr_recall",
+    "ocr_recall_decoded",
     "kept_fraction",
     "time_ms",
 )

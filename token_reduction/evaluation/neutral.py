@@ -112,6 +112,10 @@ class NeutralReconstructor(nn.Module):
         keep_mask = selection.keep_mask(num_tokens)
         return self.masked(placed, keep_mask), keep_mask
 
+    def unstandardize(self, standardised: Tensor) -> Tensor:
+        """Standardised features back in the cache's units (to decode a ``pixels:P`` reconstruction)."""
+        return standardised * self.standardize.std.to(standardised.dtype) + self.standardize.mean.to(standardised.dtype)
+
     def forward(self, features: Tensor, selection: TokenSelection, padding_mask: Tensor | None = None) -> tuple[Tensor, Tensor, Tensor]:
         """``(prediction, target, keep_mask)``; prediction and target are standardised ``(B, N, D)``."""
         masked, keep_mask = self.masked_input(features, selection)

@@ -16,6 +16,8 @@ COLUMNS = (
     ("recon_mse_dropped", "recon MSE (dropped)", "{:.4f}"),
     ("pooled_cosine", "pooled cos", "{:.4f}"),
     ("text_recall", "text recall", "{:.3f}"),
+    ("ocr_recall", "OCR words", "{:.3f}"),
+    ("ocr_recall_decoded", "OCR words (decoded)", "{:.3f}"),
     ("time_ms", "ms / image", "{:.3f}"),
 )
 
@@ -42,6 +44,7 @@ def results_markdown(results: Mapping[str, Any]) -> str:
     for row in results["rows"]:
         cells = [_cell(row["metrics"].get(key), fmt) for key, _, fmt in COLUMNS]
         lines.append(f"| {row['method']} | {row['label']} | " + " | ".join(cells) + " |")
+    lines += group_tables(results)
     adaptivity = results.get("adaptivity")
     if adaptivity:
         lines += [
@@ -57,6 +60,32 @@ def results_markdown(results: Mapping[str, Any]) -> str:
                 f"{stats['max']} | {stats['mean_fraction']:.3f} |"
             )
     return "\n".join(lines) + "\n"
+
+
+GROUP_METRICS = (("text_recall", "Text-patch recall"), ("ocr_recall", "OCR word recall (dropped patches greyed out)"),
+                 ("ocr_recall_decoded", "OCR word recall (page decoded from the neutral reconstruction)"),
+                 ("recon_cosine", "Neutral reconstruction cosine"))
+
+
+def group_tables(results: Mapping[str, Any]) -> list[str]:
+    """One table per metric: method x budget rows, one column per image group (pages by background, photos ...)."""
+    lines: list[str] = []
+    rows = [row for row in results["rows"] if row.get("groups") and row["keep"] is not None]
+    ocr = results.get("ocr") or {}
+    for metric, title in GROUP_METRICS:
+        groups = [g for g in dict.fromkeys(g for row in rows for g, v in row["groups"].items() if v.get(metric) is not None)]
+        if not groups:
+            continue
+        lines += ["", f"## {title}, by image group", "", "| method | keep | " + " | ".join(groups) + " |",
+                  "|---|---|" + "---|" * len(groups)]
+        if metric.startswith("ocr") and ocr.get("full_page"):
+            full = ocr["full_page"]
+            lines.append("| full page (ceiling) | 1 | " + " | ".join(_cell(full.get(g, {}).get("ocr_recall"), "{:.3f}") for g in groups) + " |")
+        for row in sorted(rows, key=lambda r: (r["keep_fraction"], r["method"])):
+            cells = [_cell(row["groups"].get(g, {}).get(metric), "{:.3f}") for g in groups]
+            if any(c != "n/a" for c in cells):
+                lines.append(f"| {row['method']} | {row['label']} | " + " | ".join(cells) + " |")
+    return lines
 
 
 def write_tensorboard(results: Mapping[str, Any], figures: Mapping[str, Figure], folder: Path) -> None:

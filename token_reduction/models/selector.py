@@ -23,9 +23,12 @@ from token_reduction.models.backbone import FeatureStandardizer, TokenTrunk, Tru
 from token_reduction.selection.base import (
     Budget,
     TokenSelection,
+    budgets_per_image,
     selection_from_mask,
     selection_from_scores,
+    valid_counts,
 )
+from token_reduction.selection.diversity import diverse_top_k_mask, duplicate_suppression_mask
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
@@ -44,12 +47,19 @@ class TokenSelector(nn.Module):
         grid: tuple[int, int] | None = None,
         threshold: float = 0.5,
         init_keep_logit: float = 2.0,
+        redundancy: float = 0.0,
+        duplicate_similarity: float | None = None,
     ) -> None:
+        """``redundancy`` > 0: budgets are filled by importance x diversity (learned scores, feature
+        cosine; see :func:`diverse_top_k_mask`). ``duplicate_similarity``: adaptive mode also drops
+        kept tokens this similar to a better-scored kept one. Both off reproduce the paper."""
         super().__init__()
         self.dim = dim
         self.trunk_config = trunk or TrunkConfig()
         self.grid = tuple(grid) if grid is not None else None
         self.threshold = threshold
+        self.redundancy = float(redundancy)
+        self.duplicate_similarity = duplicate_similarity
         self.standardize = FeatureStandardizer(dim)
         self.trunk = TokenTrunk(dim, self.trunk_config)
         self.head = nn.Linear(self.trunk.width, 1)
@@ -97,14 +107,19 @@ class TokenSelector(nn.Module):
         """
         logits = self(features, padding_mask, grid)
         if keep is not None:
+            if self.redundancy > 0:
+                budgets = budgets_per_image(keep, valid_counts(features, padding_mask))
+                mask = diverse_top_k_mask(features, logits, budgets, padding_mask, redundancy=self.redundancy)
+                return selection_from_mask(features, mask)
             return selection_from_scores(features, logits, keep, padding_mask)
         threshold = self.threshold if threshold is None else threshold
         keep_mask = torch.sigmoid(logits) >= threshold
-        best = F.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()  # padding is -inf: never the argmax
-        keep_mask = keep_mask | best
         if padding_mask is not None:
             keep_mask &= ~padding_mask
-        return selection_from_mask(features, keep_mask)
+        if self.duplicate_similarity is not None:
+            keep_mask = duplicate_suppression_mask(features, keep_mask, logits, self.duplicate_similarity)
+        best = F.one_hot(logits.argmax(dim=1), logits.shape[1]).bool()  # padding is -inf: never the argmax
+        return selection_from_mask(features, keep_mask | best)
 
     # ----------------------------------------------------------------------------------------- I/O
     def config(self) -> dict[str, Any]:
@@ -114,6 +129,8 @@ class TokenSelector(nn.Module):
             "trunk": asdict(self.trunk_config),
             "grid": list(self.grid) if self.grid else None,
             "threshold": self.threshold,
+            "redundancy": self.redundancy,
+            "duplicate_similarity": self.duplicate_similarity,
         }
 
     def save_pretrained(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
@@ -143,6 +160,8 @@ class TokenSelector(nn.Module):
             trunk=TrunkConfig(**config["trunk"]),
             grid=tuple(config["grid"]) if config.get("grid") else None,
             threshold=float(config.get("threshold", 0.5)),
+            redundancy=float(config.get("redundancy", 0.0)),
+            duplicate_similarity=config.get("duplicate_similarity"),
         )
         state = load_file(str(weights_path), device=str(map_location))
         try:

@@ -1,8 +1,8 @@
 """Token selection methods behind one interface (:class:`SelectionMethod`), learned and training-free.
 
 Use :func:`get_method` to build one by name: ``learned`` (needs ``selector=``), ``random``,
-``pooling``, ``norm``, ``attention``, ``tome``, ``visionzip``. FastV is deliberately absent; see
-:mod:`token_reduction.selection.registry` for why.
+``pooling``, ``norm``, ``attention``, ``tome``, ``visionzip``, ``contrast``, ``grid``,
+``diversity``. FastV is deliberately absent; see :mod:`token_reduction.selection.registry` for why.
 """
 
 from token_reduction.selection.attention import AttentionSelection, MissingExtraError
@@ -16,7 +16,10 @@ from token_reduction.selection.base import (
     selection_from_scores,
     valid_counts,
 )
+from token_reduction.selection.contrast import ContrastSelection
+from token_reduction.selection.diversity import DiversitySelection, diverse_top_k_mask, duplicate_suppression_mask
 from token_reduction.selection.feature_norm import FeatureNormSelection
+from token_reduction.selection.grid import GridSelection
 from token_reduction.selection.merging import MergedSelection, selection_from_assignment
 from token_reduction.selection.pooling import PoolingSelection
 from token_reduction.selection.random_selection import RandomSelection
@@ -36,7 +39,10 @@ __all__ = [
     "OUT_OF_SCOPE",
     "AttentionSelection",
     "Budget",
+    "ContrastSelection",
+    "DiversitySelection",
     "FeatureNormSelection",
+    "GridSelection",
     "MergedSelection",
     "MissingExtraError",
     "PoolingSelection",
@@ -47,6 +53,8 @@ __all__ = [
     "VisionZipSelection",
     "available_methods",
     "budgets_per_image",
+    "diverse_top_k_mask",
+    "duplicate_suppression_mask",
     "get_method",
     "register_method",
     "required_extras",

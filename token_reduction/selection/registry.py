@@ -16,7 +16,10 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from token_reduction.selection.attention import AttentionSelection
 from token_reduction.selection.base import SelectionMethod
+from token_reduction.selection.contrast import ContrastSelection
+from token_reduction.selection.diversity import DiversitySelection
 from token_reduction.selection.feature_norm import FeatureNormSelection
+from token_reduction.selection.grid import GridSelection
 from token_reduction.selection.pooling import PoolingSelection
 from token_reduction.selection.random_selection import RandomSelection
 from token_reduction.selection.tome import ToMeSelection
@@ -45,6 +48,9 @@ METHODS: dict[str, Callable[..., SelectionMethod]] = {
     "attention": AttentionSelection,
     "tome": ToMeSelection,
     "visionzip": VisionZipSelection,
+    "contrast": ContrastSelection,
+    "grid": GridSelection,
+    "diversity": DiversitySelection,
 }
 
 OUT_OF_SCOPE: dict[str, str] = {
