@@ -82,7 +82,7 @@ def train(cache: Path, run_dir: Path, config: Path, seed: int, overrides: list[s
 
 
 def evaluate_seed(
-    cache: Path, selector: Path, out: Path, seed: int, methods: list[str], ocr: str | None, neutral_steps: int
+    cache: Path, selector: Path, out: Path, seed: int, methods: list[str], ocr: str | None, ocr_methods: list[str], neutral_steps: int
 ) -> dict[str, Any]:
     from token_reduction.evaluation.harness import evaluate
 
@@ -94,7 +94,7 @@ def evaluate_seed(
     return evaluate(
         cache, methods, [0.1, *VERDICT_FRACTIONS, 0.75], selector=selector, split="test", out_dir=out, seed=seed,
         neutral_overrides={**NEUTRAL_DEMO, "steps": neutral_steps}, ocr=ocr, ocr_keep=VERDICT_FRACTIONS,
-        ocr_methods=[m for m in OCR_METHODS if m in methods], ocr_max_pages=OCR_PAGES, log=lambda m: print(m, file=sys.stderr),
+        ocr_methods=ocr_methods, ocr_max_pages=OCR_PAGES, log=lambda m: print(m, file=sys.stderr),
     )
 
 
@@ -160,10 +160,14 @@ def run_encoder(encoder: str, images: Path, out: Path, figures: Path, args: argp
     for number, seed in enumerate(args.seeds):
         print(f"\n== {encoder}: training seed {seed} ({config.name})")
         selectors[seed] = train(cache, target / "runs" / f"{run_name}-seed{seed}", config, seed, overrides)
-        # The baselines do not depend on the selector's seed: score them once, random with every seed.
+        # The baselines do not depend on the selector's seed: score them once, random with every seed; OCR
+        # (slow) reads every seed's learned selection but the baselines' only once.
         methods = ["learned", *(DEMO_BASELINES if number == 0 else ("random",))]
+        ocr_methods = list(OCR_METHODS if number == 0 else ("learned",))
         print(f"== {encoder}: evaluating seed {seed} on the held-out split ({', '.join(methods)})")
-        runs[seed] = evaluate_seed(cache, selectors[seed], target / "evaluation" / f"seed{seed}", seed, methods, ocr, args.neutral_steps)
+        runs[seed] = evaluate_seed(
+            cache, selectors[seed], target / "evaluation" / f"seed{seed}", seed, methods, ocr, ocr_methods, args.neutral_steps
+        )
     summary = summarise(runs)
     summary["selectors"] = {str(seed): str(path) for seed, path in selectors.items()}
     summary["tensorboard"] = str(target / "runs")

@@ -152,7 +152,7 @@ def draw_curves(summary: dict[str, Any], path: Path) -> Path:
         ax.set_xlabel("kept fraction of visual tokens")
         ax.set_title(f"{LABELS[metric]}, held-out pages")
         ax.grid(alpha=0.3)
-    axes[1].legend(fontsize=8)
+    axes[0].legend(fontsize=8)
     fig.suptitle(f"learned (mean ± std over seeds {summary['seeds']}) vs training-free selection — {summary['encoder']}")
     fig.tight_layout()
     return save_figure(fig, path)
