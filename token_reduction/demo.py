@@ -14,6 +14,7 @@ import json
 import re
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from token_reduction.demo_report import VERDICT_FRACTIONS, checks, comparison_ta
 REPO = Path(__file__).resolve().parents[1]
 DEMO_BASELINES = ("random", "grid", "pooling", "norm", "contrast", "tome", "diversity")
 OCR_METHODS = ("learned", "random", "contrast", "diversity")  # OCR is slow: the strongest baselines; `evaluate` reads all
-OCR_PAGES = 30  # held-out pages read by OCR in the demo (spread over the page groups); `evaluate` reads every page
+OCR_PAGES = 25  # held-out pages read by OCR in the demo (5 per page group); `evaluate` reads every page
 NEUTRAL_DEMO = {"width": 128, "depth": 2, "heads": 4, "steps": 250}  # a lighter neutral probe, so the demo fits ~10 min
 OVERLAY_FRACTION = 0.3
 
@@ -76,7 +77,9 @@ def train(cache: Path, run_dir: Path, config: Path, seed: int, overrides: list[s
     if last.exists():
         print(f"seed {seed}: resuming the interrupted run from {last}")
         args += ["--ckpt_path", str(last)]
-    lightning_main(args)
+    with warnings.catch_warnings():  # the demo passes LightningCLI its own args on purpose
+        warnings.filterwarnings("ignore", message=".*LightningCLI's args parameter.*")
+        lightning_main(args)
     atomic_write_bytes(run_dir / "finished", b"")
     return selector
 
@@ -94,7 +97,7 @@ def evaluate_seed(
     return evaluate(
         cache, methods, [0.1, *VERDICT_FRACTIONS, 0.75], selector=selector, split="test", out_dir=out, seed=seed,
         neutral_overrides={**NEUTRAL_DEMO, "steps": neutral_steps}, ocr=ocr, ocr_keep=VERDICT_FRACTIONS,
-        ocr_methods=ocr_methods, ocr_max_pages=OCR_PAGES, log=lambda m: print(m, file=sys.stderr),
+        ocr_methods=ocr_methods, ocr_max_pages=OCR_PAGES, ocr_decoded=len(ocr_methods) > 1, log=lambda m: print(m, file=sys.stderr),
     )
 
 
@@ -118,6 +121,7 @@ def overlay(cache_dir: Path, selector: Path, figure: Path) -> Path | None:
     from PIL import Image
 
     from token_reduction.data.cache import FeatureCache
+    from token_reduction.encoders.pixels import pixel_patch_of
     from token_reduction.evaluation.ocr import grey_out
     from token_reduction.selection.registry import get_method
 
@@ -128,8 +132,7 @@ def overlay(cache_dir: Path, selector: Path, figure: Path) -> Path | None:
         return None
     index = pages[len(pages) // 2]
     features = cache.read(index)["features"].float()[None]
-    patch = int(cache.manifest.info.get("patch_size") or 0) or None
-    methods = {"random": get_method("random", seed=0), "contrast": get_method("contrast", pixel_patch=patch),
+    methods = {"random": get_method("random", seed=0), "contrast": get_method("contrast", pixel_patch=pixel_patch_of(cache.manifest.encoder)),
                "learned": get_method("learned", selector=selector)}
     picture = np.asarray(Image.open(Path(root) / cache.samples[index]["image"]).convert("RGB"))
     panels = [("original", picture)]

@@ -88,7 +88,8 @@ def test_ocr_judge_reads_pages_and_ranks_selections(page_cache: Path, tmp_path: 
     for group in ("pages/white", "pages/dark"):
         assert contrast[group]["ocr_recall"] >= random[group]["ocr_recall"]
         assert contrast[group]["text_recall"] > random[group]["text_recall"]
-    assert rows[("contrast", "0.5")]["metrics"]["ocr_recall_decoded"] is not None  # pixels: the decoded page is read too
+    assert rows[("contrast", "1")]["metrics"]["ocr_recall_decoded"] is not None  # pixels: the decoded page is read too
+    assert rows[("contrast", "0.5")]["metrics"]["ocr_recall_decoded"] is None  # ... at the largest OCR budget only
     report = (tmp_path / "eval" / "results.md").read_text()
     assert "OCR word recall (dropped patches greyed out), by image group" in report and "| full page (ceiling) |" in report
 

@@ -37,6 +37,11 @@ def parse_pixels_spec(spec: str) -> tuple[int, tuple[int, int]]:
     return patch, (height, width)
 
 
+def pixel_patch_of(encoder: str) -> int | None:
+    """P of a ``pixels:P`` spec, ``None`` for any other encoder (whose tokens are not pixels)."""
+    return parse_pixels_spec(encoder)[0] if encoder.strip().startswith("pixels:") else None
+
+
 class PixelEncoder(Encoder):
     """Patchify normalised pixels; ``dim = 3 * P * P``."""
 

@@ -8,6 +8,7 @@ runs in adaptive mode to show how many tokens it keeps per kind of image. Output
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from token_reduction.data.cache import FeatureCache
 from token_reduction.data.manifest import atomic_write_bytes
+from token_reduction.encoders.pixels import pixel_patch_of
 from token_reduction.evaluation.groups import ALL, GroupedMetrics, image_groups
 from token_reduction.evaluation.metrics import (
     METRICS,
@@ -35,11 +37,11 @@ from token_reduction.evaluation.plots import adaptivity_figure, metric_figure, s
 from token_reduction.evaluation.report import results_markdown, write_tensorboard
 from token_reduction.selection.attention import EXTRA_HINTS, MissingExtraError
 from token_reduction.selection.base import Budget, SelectionMethod, resolve_budget
-from token_reduction.selection.registry import canonical_name, get_method, required_extras
+from token_reduction.selection.registry import METHODS, canonical_name, get_method, required_extras
 
 logger = logging.getLogger(__name__)
 
-PLOTTED_METRICS = ("recon_cosine", "recon_cosine_dropped", "pooled_cosine", "text_recall", "time_ms")
+PLOTTED_METRICS = ("recon_cosine", "recon_cosine_dropped", "pooled_cosine", "text_recall", "ocr_recall", "time_ms")
 HISTOGRAM_BINS = 20
 
 
@@ -56,15 +58,7 @@ def build_methods(
     names: Sequence[str], cache: FeatureCache, selector: str | os.PathLike | None, seed: int, device: str
 ) -> dict[str, SelectionMethod]:
     """Validate everything up front (names, extras, selector) so no error comes after minutes of work."""
-    import inspect
-
-    from token_reduction.selection.registry import METHODS
-
-    pixel_patch: int | None = None
-    if cache.manifest.encoder.strip().startswith("pixels:"):  # raw pixel tokens: pixel-aware methods need P
-        from token_reduction.encoders.pixels import parse_pixels_spec
-
-        pixel_patch = parse_pixels_spec(cache.manifest.encoder)[0]
+    pixel_patch = pixel_patch_of(cache.manifest.encoder)  # raw pixel tokens: pixel-aware methods need P
     methods: dict[str, SelectionMethod] = {}
     for raw in names:
         name = canonical_name(raw)
@@ -182,6 +176,7 @@ def evaluate(
     ocr_workers: int = 2,
     ocr_methods: Sequence[str] | None = None,
     ocr_max_pages: int | None = None,
+    ocr_decoded: bool = True,
     log: Callable[[str], None] = logger.info,
 ) -> dict[str, Any]:
     """Evaluate ``methods`` at every ``keep`` budget on ``split``; write the reports to ``out_dir``; return the results.
@@ -194,8 +189,8 @@ def evaluate(
         neutral_overrides: settings that replace the YAML's (e.g. ``{"steps": 20}``).
         ocr: OCR engine judging pages with ground-truth words (``auto``, ``rapidocr``, ``tesseract``), or
             ``None`` for none; it reads each page at the budgets in ``ocr_keep`` that are also in ``keep``
-            (for ``pixels:P`` caches the page decoded from the neutral reconstruction too, at the largest
-            of them), for every method or only ``ocr_methods``, on all pages or a seeded subset of
+            (for ``pixels:P`` caches, unless ``ocr_decoded`` is False, the page decoded from the neutral
+            reconstruction too, at the largest of them), for every method or only ``ocr_methods``, on all pages or a seeded subset of
             ``ocr_max_pages`` spread over the page groups.
     """
     if batch_size < 1:
@@ -233,7 +228,7 @@ def evaluate(
         if run[1] is not None and keep_fraction_of(run[1], m.num_tokens) in set(ocr_keep)
         and (ocr_methods is None or run[0] in ocr_methods)
     }
-    decoded_keep = max((keep_fraction_of(run[1], m.num_tokens) for run in ocr_runs), default=None)
+    decoded_keep = max((keep_fraction_of(run[1], m.num_tokens) for run in ocr_runs), default=None) if ocr_decoded else None
     groups = {i: image_groups(cache.samples[i]) for i in indices}
     adaptive_counts: list[int] = []
     names = ["features", *[extra for extra in ("text", "attention") if extra in m.extras]]

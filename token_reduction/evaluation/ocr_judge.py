@@ -23,7 +23,7 @@ from torch import Tensor
 
 from token_reduction.data.cache import FeatureCache
 from token_reduction.encoders.base import CLIP_MEAN, CLIP_STD
-from token_reduction.encoders.pixels import parse_pixels_spec, tokens_to_image
+from token_reduction.encoders.pixels import pixel_patch_of, tokens_to_image
 from token_reduction.evaluation.ocr import OcrEngine, grey_out, load_ocr_engine, word_recall
 from token_reduction.extract_inputs import read_sidecar
 
@@ -82,9 +82,7 @@ class OcrJudge:
                 pages[index] = OcrPage(path, [str(w) for w in words])
         if max_pages is not None and len(pages) > max_pages:
             pages = {i: pages[i] for i in spread_subset(cache, list(pages), max_pages, seed)}
-        encoder = cache.manifest.encoder
-        patch = parse_pixels_spec(encoder)[0] if encoder.startswith("pixels:") else None
-        judge = cls(pages, engine, workers, patch)
+        judge = cls(pages, engine, workers, pixel_patch_of(cache.manifest.encoder))
         if pages:
             load_ocr_engine(engine)  # fail now, not after minutes of evaluation
         for index in pages:
