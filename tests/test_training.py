@@ -141,10 +141,10 @@ def test_error_prediction_alone_teaches_the_selector_which_tokens_context_cannot
     )
     trainer = make_trainer(tmp_path, max_epochs=12, enable_checkpointing=False)
     trainer.fit(module, data)
+    logged = dict(trainer.callback_metrics)
+    assert "train/error_epoch" in logged and "train/probe_mse_epoch" in logged  # both terms are logged
     metrics = trainer.validate(module, data, verbose=False)[0]
     assert metrics["val/text_recall@25%/learned"] > metrics["val/text_recall@25%/random"] + 0.2
-    logged = trainer.callback_metrics
-    assert "train/error" in logged and "train/probe_mse" in logged
 
 
 def test_token_error_separates_colour_from_structure() -> None:
@@ -162,3 +162,12 @@ def test_token_error_separates_colour_from_structure() -> None:
     logits = torch.log(torch.tensor([[1.0, 0.5]]) / 0.1)
     assert error_prediction_term(logits, plain, dropped, 0.1) == pytest.approx(0.0, abs=1e-6)
     assert error_prediction_term(logits + 1.0, plain, dropped, 0.1) == pytest.approx(1.0)
+
+
+def test_error_settings_are_checked_at_start_up_naming_the_field() -> None:
+    with pytest.raises(ValueError, match="model.loss.error_tolerance"):
+        LossConfig(error_tolerance=0.0)
+    with pytest.raises(ValueError, match="model.loss.error_channel_groups"):
+        LossConfig(error_channel_groups=0)
+    with pytest.raises(ValueError, match="error_channel_groups=3 does not divide the feature dim 16"):
+        TokenReductionModule(dim=16, grid=(4, 4), selector=TRUNK, reconstructor=TRUNK, loss=LossConfig(error_channel_groups=3))

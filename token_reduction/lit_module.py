@@ -17,7 +17,14 @@ from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
 from token_reduction.evaluation.metrics import TEXT_COVERAGE_THRESHOLD
-from token_reduction.losses import LossConfig, error_prediction_term, reconstruction_terms, token_error, total_loss
+from token_reduction.losses import (
+    LossConfig,
+    error_prediction_term,
+    masked_mean,
+    reconstruction_terms,
+    token_error,
+    total_loss,
+)
 from token_reduction.models import FeatureReconstructor, MaskedSequence, TokenSelector, TrunkConfig
 from token_reduction.models.selector import gumbel_keep_mask, gumbel_topk_mask
 from token_reduction.selection.base import budgets_per_image, top_k_mask, valid_counts
@@ -123,6 +130,11 @@ class TokenReductionModule(L.LightningModule):
         super().__init__()
         selector, reconstructor = _as(TrunkConfig, selector), _as(TrunkConfig, reconstructor)
         self.loss_config = _as(LossConfig, loss)
+        if dim % self.loss_config.error_channel_groups:
+            raise ValueError(
+                f"model.loss.error_channel_groups={self.loss_config.error_channel_groups} does not divide the feature dim {dim}; "
+                "use 3 for pixels:P caches and 1 for other encoders"
+            )
         self.gumbel = _as(GumbelConfig, gumbel)
         self.budget_training = _as(BudgetTrainingConfig, budget_training)
         self.optim = _as(OptimConfig, optim)
@@ -260,7 +272,7 @@ class TokenReductionModule(L.LightningModule):
         mse = (prediction - target).pow(2).mean(dim=-1)
         error = token_error(prediction.detach(), target, cfg.error_channel_groups, cfg.error_colour_weight)
         return {
-            "probe_mse": (mse * dropped).sum() / dropped.sum().clamp_min(1),
+            "probe_mse": masked_mean(mse, dropped),
             "error": error_prediction_term(logits, error, dropped, cfg.error_tolerance),
         }
 

@@ -46,6 +46,15 @@ class LossConfig:
     error_channel_groups: int = 1
     error_colour_weight: float = 1.0
 
+    def __post_init__(self) -> None:
+        """Fail at start-up, naming the field, rather than at the first training step."""
+        if self.error_weight < 0 or self.error_colour_weight < 0:
+            raise ValueError("model.loss.error_weight and model.loss.error_colour_weight must be >= 0")
+        if self.error_tolerance <= 0:
+            raise ValueError(f"model.loss.error_tolerance must be > 0, got {self.error_tolerance}")
+        if self.error_channel_groups < 1:
+            raise ValueError(f"model.loss.error_channel_groups must be >= 1, got {self.error_channel_groups}")
+
 
 def masked_mean(values: Tensor, weights: Tensor | None) -> Tensor:
     """Mean over positions where ``weights`` (B, N) is nonzero (all positions when ``None``)."""
