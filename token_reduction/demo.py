@@ -96,6 +96,7 @@ def evaluate_seed(
             return results
     return evaluate(
         cache, methods, [0.1, *VERDICT_FRACTIONS, 0.75], selector=selector, split="test", out_dir=out, seed=seed,
+        neutral=cache / "neutral_reconstructor_demo",  # its own folder: `evaluate`'s default probe is larger
         neutral_overrides={**NEUTRAL_DEMO, "steps": neutral_steps}, ocr=ocr, ocr_keep=VERDICT_FRACTIONS,
         ocr_methods=ocr_methods, ocr_max_pages=OCR_PAGES, ocr_decoded=len(ocr_methods) > 1, log=lambda m: print(m, file=sys.stderr),
     )
