@@ -104,3 +104,14 @@ def test_missing_ocr_engine_fails_before_any_work(page_cache: Path, tmp_path: Pa
                  neutral_overrides={"steps": 1, "width": 32, "depth": 1, "heads": 2}, ocr="auto")
     assert not (tmp_path / "n").exists()  # refused before the neutral reconstructor was trained
     assert not (tmp_path / "eval" / "results.json").exists()
+
+
+
+def test_ocr_budgets_outside_keep_are_reported_not_read(page_cache: Path, tmp_path: Path) -> None:
+    engine = _engine()
+    messages: list[str] = []
+    results = evaluate(page_cache, ["random"], [0.5], split="test", out_dir=tmp_path / "eval", neutral=tmp_path / "neutral",
+                       neutral_overrides={"steps": 1, "width": 32, "depth": 1, "heads": 2}, ocr=engine, ocr_keep=(0.25, 0.5),
+                       log=messages.append)
+    assert any("[0.25]" in m and "skips" in m for m in messages)
+    assert results["rows"][0]["metrics"]["ocr_recall"] is not None  # 0.5 is read

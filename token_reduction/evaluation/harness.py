@@ -214,6 +214,9 @@ def evaluate(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     judge = None
+    fractions = {keep_fraction_of(budget, m.num_tokens) for budget in budgets}
+    if ocr is not None and (unread := [k for k in ocr_keep if k not in fractions]):
+        log(f"OCR: budgets {unread} of --ocr-keep are not evaluated (not in --keep {sorted(fractions)}); OCR skips them")
     if ocr is not None:  # fails now, before any training, when no engine is installed
         judge = OcrJudge.for_cache(cache, indices, ocr, ocr_workers, max_pages=ocr_max_pages, seed=seed)
     config = load_neutral_config(neutral_config, **(neutral_overrides or {}))
