@@ -155,8 +155,6 @@ def run_encoder(encoder: str, images: Path, out: Path, figures: Path, args: argp
     extract(encoder, images, cache, batch_size=args.batch_size, progress=True)
     config = find_config(args.config)
     overrides = [] if args.max_epochs is None else ["--trainer.max_epochs", str(args.max_epochs)]
-    if encoder.startswith("pixels:") is False:
-        overrides += ["--data.colour_augment", "0"]  # colour maps are affine only on pixel tokens
     run_name = config.stem + ("" if args.max_epochs is None else f"-e{args.max_epochs}")
     ocr = ocr_engine_or_none(args.ocr)
     runs: dict[int, dict[str, Any]] = {}

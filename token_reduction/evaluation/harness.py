@@ -256,21 +256,20 @@ def evaluate(
     if judge is not None:
         for (run, metric), per_image in judge.score(log).items():
             for index, value in per_image.items():
-                target = metrics.setdefault(run, GroupedMetrics()) if run is not None else ceiling
-                target.update(metric, torch.tensor([value]), [groups[index]])
+                (ceiling if run is None else metrics[run]).update(metric, torch.tensor([value]), [groups[index]])
 
-    rows = [
-        {
+    rows = []
+    for name, budget in runs:
+        grouped = metrics[(name, budget)].compute()
+        rows.append({
             "method": name,
             "keep": budget,
             "label": keep_label(budget),
             "keep_fraction": None if budget is None else keep_fraction_of(budget, m.num_tokens),
-            "metrics": metrics[(name, budget)].compute()[ALL],
-            "groups": metrics[(name, budget)].compute(),
+            "metrics": grouped[ALL],
+            "groups": grouped,
             "images": metrics[(name, budget)].counts()[ALL],
-        }
-        for name, budget in runs
-    ]
+        })
     samples = cache.samples
     adaptivity = None
     if adaptive_counts:
