@@ -67,11 +67,16 @@ class ExportSelector(L.Callback):
         return Path(root) / "selector"
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        target = self.target_dir(trainer)  # every rank: trainer.log_dir is a collective under DDP
+        if trainer.is_global_zero:
+            self._export(trainer, pl_module, target)
+        # The other ranks wait, so that none reads a half-written export or tears its process group
+        # down while rank 0 is still inside fit.
+        trainer.strategy.barrier("export_selector")
+
+    def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, target: Path) -> None:
         from token_reduction.export import export_selector, selector_from_checkpoint
 
-        target = self.target_dir(trainer)  # every rank: trainer.log_dir is a collective under DDP
-        if not trainer.is_global_zero:
-            return
         selector = pl_module.selector
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.use_best else ""
         source = "final weights"
