@@ -117,7 +117,7 @@ class Context:
     def images(self) -> Path:
         """A small build of the embedded default image set (photos + rendered pages)."""
         if self._images is None:
-            from token_reduction.data.default_set import build_default_set
+            from token_reduction.images.default_set import build_default_set
 
             started = time.perf_counter()
             self._images = build_default_set(
@@ -129,7 +129,7 @@ class Context:
     def cache(self) -> Path:
         """The images' ``pixels`` feature cache (fp16 shards), extracted once for every benchmark."""
         if self._cache is None:
-            from token_reduction.extract import extract
+            from token_reduction.extraction.run import extract
 
             images = self.images()
             started = time.perf_counter()

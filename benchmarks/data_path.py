@@ -14,7 +14,7 @@ import gc
 import math
 from typing import Any
 
-from token_reduction.data.datamodule import FeatureCacheDataModule
+from token_reduction.cache.datamodule import FeatureCacheDataModule
 
 from .timing import interleaved, median, paired_ratio, profile_ops, spread, synchronize, top_ops
 from .training_loop import bare_optimizer, bare_step, build, to_device

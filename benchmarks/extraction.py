@@ -1,4 +1,4 @@
-"""Extraction: images/s of ``token_reduction.extract.extract`` vs the encoder's forward alone.
+"""Extraction: images/s of ``token_reduction.extraction.run.extract`` vs the encoder's forward alone.
 
 Two encoders: ``pixels:16`` (no weights: the pipeline itself) and a tiny random ``transformers``
 CLIP vision tower saved to a temporary folder like a hub checkpoint (no download). Each extract
@@ -16,7 +16,7 @@ from typing import Any
 import torch
 
 from token_reduction.encoders import load_encoder
-from token_reduction.extract import extract
+from token_reduction.extraction.run import extract
 
 from .timing import interleaved, median, paired_ratio, spread
 

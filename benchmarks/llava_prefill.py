@@ -33,8 +33,8 @@ from typing import Any, Callable
 import torch
 from torch.utils.benchmark import Timer
 
-from token_reduction.llava import prune_visual_tokens
-from token_reduction.llava.common import run_selector
+from token_reduction.vlm import prune_visual_tokens
+from token_reduction.vlm.common import run_selector
 from token_reduction.models.backbone import TrunkConfig
 from token_reduction.models.selector import TokenSelector
 

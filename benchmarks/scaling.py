@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from token_reduction.lit_module import BudgetTrainingConfig, OptimConfig, TokenReductionModule
+from token_reduction.training.module import BudgetTrainingConfig, OptimConfig, TokenReductionModule
 from token_reduction.models import TrunkConfig
 from token_reduction.models.selector import TokenSelector
 

@@ -178,9 +178,9 @@ def train_quality(ctx: Any, variants: list[tuple[str, TrunkConfig]]) -> dict[str
     """Train each selector width for the same few steps on the pixels cache; learned vs random at keep 0.25."""
     import lightning as L
 
-    from token_reduction.data.datamodule import FeatureCacheDataModule
-    from token_reduction.lit_module import OptimConfig, TokenReductionModule
-    from token_reduction.losses import LossConfig
+    from token_reduction.cache.datamodule import FeatureCacheDataModule
+    from token_reduction.training.module import OptimConfig, TokenReductionModule
+    from token_reduction.training.losses import LossConfig
 
     cache = ctx.cache()
     s = ctx.sizes

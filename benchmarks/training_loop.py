@@ -17,9 +17,9 @@ from typing import Any
 import lightning as L
 import torch
 
-from token_reduction.data.datamodule import FeatureCacheDataModule
-from token_reduction.lit_module import BudgetTrainingConfig, OptimConfig, TokenReductionModule
-from token_reduction.losses import LossConfig
+from token_reduction.cache.datamodule import FeatureCacheDataModule
+from token_reduction.training.module import BudgetTrainingConfig, OptimConfig, TokenReductionModule
+from token_reduction.training.losses import LossConfig
 from token_reduction.models import TrunkConfig
 
 from .timing import diff_ops, interleaved, median, paired_ratio, profile_ops, spread, synchronize

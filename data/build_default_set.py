@@ -1,6 +1,6 @@
 """Build the embedded default image set: ``python data/build_default_set.py --out data/default``.
 
-A thin wrapper over :func:`token_reduction.data.default_set.build_default_set`; the defaults for
+A thin wrapper over :func:`token_reduction.images.default_set.build_default_set`; the defaults for
 every option come from ``data/default_set.json``.
 """
 
@@ -14,7 +14,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from token_reduction.data.default_set import build_default_set, default_set_dir, load_index  # noqa: E402
+from token_reduction.images.default_set import build_default_set, default_set_dir, load_index  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:

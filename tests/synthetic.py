@@ -7,8 +7,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from token_reduction.data.cache import CacheWriter
-from token_reduction.data.manifest import Manifest
+from token_reduction.cache.feature_cache import CacheWriter
+from token_reduction.cache.manifest import Manifest
 
 
 def write_synthetic_cache(

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import torch
 
-from token_reduction.data.cache import CacheWriter
-from token_reduction.data.manifest import Manifest
+from token_reduction.cache.feature_cache import CacheWriter
+from token_reduction.cache.manifest import Manifest
 
 EVAL_GRID = (4, 4)
 EVAL_DIM = 8

@@ -4,7 +4,7 @@ import json
 import pytest
 
 from evaluation.eval_synthetic import TINY_NEUTRAL
-from token_reduction.evaluation.evaluate_cli import add_evaluate_arguments, default_methods, evaluate_main, parse_keep, parse_methods
+from token_reduction.cli.evaluate import add_evaluate_arguments, default_methods, evaluate_main, parse_keep, parse_methods
 from token_reduction.models.backbone import TrunkConfig
 from token_reduction.models.selector import TokenSelector
 

@@ -49,7 +49,7 @@ def _page(folder: Path, name: str, paper: tuple[int, int, int], ink: tuple[int, 
 
 @pytest.fixture(scope="module")
 def page_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from token_reduction.extract import extract
+    from token_reduction.extraction.run import extract
 
     images = tmp_path_factory.mktemp("pages")
     _page(images, "white_page", (255, 255, 255), (10, 10, 10), "white")

@@ -3,7 +3,7 @@ import re
 import pytest
 import torch
 
-from token_reduction.data.cache import FeatureCache
+from token_reduction.cache.feature_cache import FeatureCache
 from token_reduction.evaluation.neutral import (
     DEFAULT_CONFIG_PATH,
     NeutralConfig,

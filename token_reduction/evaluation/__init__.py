@@ -1,7 +1,7 @@
 """Feature-level evaluation of token selection: neutral reconstructor, metrics, harness, reports.
 
 Entry points: :func:`evaluate` (Python) and ``token-reduction evaluate`` (see
-:mod:`token_reduction.evaluation.evaluate_cli`).
+:mod:`token_reduction.cli.evaluate`).
 """
 
 from token_reduction.evaluation.harness import evaluate

@@ -20,8 +20,8 @@ from typing import Any, Callable, Sequence
 import torch
 from torch import Tensor
 
-from token_reduction.data.cache import FeatureCache
-from token_reduction.data.manifest import atomic_write_bytes
+from token_reduction.cache.feature_cache import FeatureCache
+from token_reduction.cache.manifest import atomic_write_bytes
 from token_reduction.encoders.pixels import pixel_patch_of
 from token_reduction.evaluation.groups import ALL, GroupedMetrics, image_groups
 from token_reduction.evaluation.metrics import (

@@ -27,8 +27,8 @@ from safetensors.torch import load as load_bytes
 from safetensors.torch import save as save_bytes
 from torch import Tensor, nn
 
-from token_reduction.data.cache import FeatureCache
-from token_reduction.data.manifest import Manifest, atomic_write_bytes
+from token_reduction.cache.feature_cache import FeatureCache
+from token_reduction.cache.manifest import Manifest, atomic_write_bytes
 from token_reduction.models.backbone import FeatureStandardizer, TrunkConfig
 from token_reduction.models.reconstructor import FeatureReconstructor, MaskedSequence
 from token_reduction.selection.base import TokenSelection

@@ -21,11 +21,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from token_reduction.data.cache import FeatureCache
+from token_reduction.cache.feature_cache import FeatureCache
 from token_reduction.encoders.base import CLIP_MEAN, CLIP_STD
 from token_reduction.encoders.pixels import pixel_patch_of, tokens_to_image
 from token_reduction.evaluation.ocr import OcrEngine, grey_out, load_ocr_engine, word_recall
-from token_reduction.extract_inputs import read_sidecar
+from token_reduction.extraction.inputs import read_sidecar
 
 Run = Hashable
 

@@ -13,7 +13,7 @@ from typing import Any, Sequence
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from token_reduction.data.manifest import atomic_write_bytes
+from token_reduction.cache.manifest import atomic_write_bytes
 
 METRIC_LABELS = {
     "recon_cosine": "reconstruction cosine (all tokens)",

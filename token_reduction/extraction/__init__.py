@@ -1,6 +1,6 @@
 """Feature extraction on Lightning's machinery: 1 CPU, 1 GPU, N GPUs or N nodes, one code path.
 
-``token-reduction extract`` (:func:`token_reduction.extract.extract`) builds these pieces and calls
+``token-reduction extract`` (:func:`token_reduction.extraction.run.extract`) builds these pieces and calls
 ``Trainer.predict``:
 
 * :class:`ImageDataModule` - the images still to do, a disjoint unpadded block per rank;

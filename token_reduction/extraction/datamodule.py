@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, DistributedSampler
 
 from token_reduction.encoders.base import ImageTransform
-from token_reduction.extract_inputs import ImageDataset, ImageInput, as_list
+from token_reduction.extraction.inputs import ImageDataset, ImageInput, as_list
 from token_reduction.extraction.writer import CacheOutput
 
 

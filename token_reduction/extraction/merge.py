@@ -14,7 +14,7 @@ import re
 from dataclasses import replace
 from typing import Iterable, Sequence
 
-from token_reduction.data.manifest import MANIFEST_NAME, CacheError, Manifest
+from token_reduction.cache.manifest import MANIFEST_NAME, CacheError, Manifest
 from token_reduction.extraction.storage import Store
 
 PARTIAL_PATTERN = re.compile(r"^manifest\.rank(\d{3,})\.json$")

@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 from token_reduction.encoders import Encoder
-from token_reduction.extract_inputs import PreparedImage
+from token_reduction.extraction.inputs import PreparedImage
 
 
 @dataclass

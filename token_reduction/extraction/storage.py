@@ -3,7 +3,7 @@
 Writes never leave half a file where a reader (or a resumed run) could see it:
 
 * local folders: temp file beside the target, ``fsync``, ``os.replace`` (the cache's own
-  :func:`~token_reduction.data.manifest.atomic_write_bytes`);
+  :func:`~token_reduction.cache.manifest.atomic_write_bytes`);
 * object stores (S3, GCS, Azure, in-memory): the final object is written once, in one request, and
   appears whole or not at all;
 * any other fsspec filesystem: write a temp name, then rename it over the target.
@@ -23,7 +23,7 @@ from typing import Any
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from token_reduction.data.manifest import atomic_write_bytes
+from token_reduction.cache.manifest import atomic_write_bytes
 
 WRITE_ONCE_PROTOCOLS = frozenset({"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss", "adl", "oci", "memory"})
 """Object stores where one ``pipe_file`` call is an all-or-nothing upload."""

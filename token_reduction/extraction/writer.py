@@ -3,7 +3,7 @@
 * :class:`CacheOutput` is the cache being written (a local folder or an fsspec URL): the checks that
   run before anything is written, rank 0's preparation, the resume state every rank reads, and
   the final merge.
-* :class:`RankCacheWriter` is :class:`~token_reduction.data.cache.CacheWriter` with rank ``r``'s own
+* :class:`RankCacheWriter` is :class:`~token_reduction.cache.feature_cache.CacheWriter` with rank ``r``'s own
   shard names (``shard-r{r:03d}-*``) and partial manifest (``manifest.rank{r:03d}.json``), written
   through :class:`~token_reduction.extraction.storage.Store` (atomic on every filesystem).
 * :class:`CacheShardWriter` is the Lightning prediction-writer callback that feeds it.
@@ -18,8 +18,8 @@ import lightning as L
 from lightning.pytorch.callbacks import BasePredictionWriter
 from tqdm.auto import tqdm
 
-from token_reduction.data.cache import CacheWriter, shard_file_name
-from token_reduction.data.manifest import MANIFEST_NAME, CacheError, Manifest
+from token_reduction.cache.feature_cache import CacheWriter, shard_file_name
+from token_reduction.cache.manifest import MANIFEST_NAME, CacheError, Manifest
 from token_reduction.extraction.merge import (
     copy_manifest,
     done_images,

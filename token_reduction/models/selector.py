@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
-from token_reduction.data.manifest import atomic_write_bytes
+from token_reduction.cache.manifest import atomic_write_bytes
 from token_reduction.models.backbone import FeatureStandardizer, TokenTrunk, TrunkConfig
 from token_reduction.selection.base import (
     Budget,

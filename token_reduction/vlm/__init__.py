@@ -1,0 +1,138 @@
+"""Feed LLaVA-NeXT / LLaVA-OneVision fewer visual tokens, chosen by any selection method.
+
+Three lines::
+
+    pruned = prune_visual_tokens(model, TokenSelector.from_pretrained("selector/"), keep=0.5)
+    out = pruned.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=64)
+    print(pruned.last.tokens_before, pruned.last.tokens_after)
+
+See :mod:`token_reduction.vlm.common` for the pipeline, :mod:`~token_reduction.vlm.llava_next` and
+:mod:`~token_reduction.vlm.llava_onevision` for what happens to each family's image layout.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from token_reduction.vlm.common import PrunedImage, PrunedInputs, PrunedLlava
+from token_reduction.selection.base import Budget, SelectionMethod
+
+SUPPORTED = ("llava_next", "llava_onevision")
+
+
+def prune_visual_tokens(
+    model: Any,
+    selector: SelectionMethod,
+    keep: Budget | None = None,
+    threshold: float | None = None,
+    *,
+    padding_side: str | None = None,
+) -> PrunedLlava:
+    """Wrap ``model`` so its images go through ``selector`` before the projector.
+
+    Args:
+        model: a ``LlavaNextForConditionalGeneration`` or ``LlavaOnevisionForConditionalGeneration``.
+        selector: any :class:`SelectionMethod` (a trained ``TokenSelector`` or a baseline).
+        keep: default budget per crop: ``None`` (adaptive: the selector decides, e.g. by
+            ``threshold``), an int count or a float fraction in (0, 1].
+        threshold: default keep-probability threshold for adaptive selectors.
+        padding_side: how to re-pad batches whose images kept different counts; ``None`` follows
+            the incoming attention mask and falls back to ``"left"`` (what ``generate`` needs).
+    Both defaults can be overridden per call: ``pruned.generate(**inputs, keep=0.25)``.
+    """
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    if model_type == "llava_next":
+        from token_reduction.vlm.llava_next import PrunedLlavaNext as wrapper
+    elif model_type == "llava_onevision":
+        from token_reduction.vlm.llava_onevision import PrunedLlavaOnevision as wrapper
+    else:
+        raise ValueError(f"cannot prune visual tokens of model type {model_type!r}; supported: {', '.join(SUPPORTED)}")
+    return wrapper(model, selector, keep=keep, threshold=threshold, padding_side=padding_side)
+
+
+def load_selector(spec: str | os.PathLike[str], device: str | torch.device = "cpu") -> SelectionMethod:
+    """An exported ``TokenSelector`` folder, or a feature-only method name from the selection registry."""
+    from token_reduction.selection.registry import get_method, required_extras
+
+    if Path(spec).is_dir():
+        return get_method("learned", selector=spec, map_location=str(device))
+    name = str(spec)
+    if os.sep in name or name.endswith(".json"):
+        raise FileNotFoundError(f"selector folder {name} does not exist")
+    if required_extras(name):
+        raise ValueError(f"method '{name}' needs encoder extras {required_extras(name)} that LLaVA pruning does not compute")
+    return get_method(name)
+
+
+def load_pruned_llava(
+    pretrained: str | os.PathLike[str],
+    selector: str | os.PathLike[str] | SelectionMethod,
+    keep: Budget | None = None,
+    threshold: float | None = None,
+    device: str | torch.device | None = None,
+    dtype: str | torch.dtype = "auto",
+    *,
+    temporal: bool = False,
+    **temporal_options: Any,
+) -> tuple[PrunedLlava, Any]:
+    """Model + processor from a folder or hub id, wrapped with ``selector``; for the CLI and lmms-eval.
+
+    ``dtype="auto"`` means bfloat16 on CUDA and float32 elsewhere. The tokenizer pads on the left,
+    as batched generation needs. ``temporal`` and ``temporal_options`` set how videos are pruned
+    (see :func:`token_reduction.vlm.video.prune_video_tokens`).
+    """
+    from transformers import AutoModelForImageTextToText
+
+    from token_reduction.vlm.video import load_processor, prune_video_tokens
+
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype == "auto":
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    processor = load_processor(pretrained)
+    model = AutoModelForImageTextToText.from_pretrained(pretrained, dtype=dtype).to(device).eval()
+    method = selector if not isinstance(selector, (str, os.PathLike)) else load_selector(selector, device)
+    return prune_video_tokens(model, method, keep, threshold, temporal=temporal, **temporal_options), processor
+
+
+def build_prompt(processor: Any, text: str, num_images: int) -> str:
+    """A user turn with ``num_images`` images, through the chat template when the processor has one.
+
+    ``<image>`` markers already in ``text`` are honoured (without a template) or removed (with one,
+    which places the images itself).
+    """
+    image_token = getattr(processor, "image_token", "<image>")
+    if getattr(processor, "chat_template", None):
+        content = [{"type": "image"} for _ in range(num_images)]
+        content.append({"type": "text", "text": text.replace(image_token, "").strip()})
+        return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
+    missing = num_images - text.count(image_token)
+    return f"{image_token}\n" * max(missing, 0) + text
+
+
+def parse_keep(value: str | float | int | None) -> Budget | None:
+    """``"0.5"`` -> 0.5 (fraction), ``"64"`` -> 64 (count per crop), ``"none"``/``""`` -> None (adaptive)."""
+    if value is None or isinstance(value, (int, float)) and not isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("", "none", "adaptive"):
+        return None
+    number = float(text)
+    return int(number) if number.is_integer() and number > 1 else number
+
+
+__all__ = [
+    "PrunedImage",
+    "PrunedInputs",
+    "PrunedLlava",
+    "build_prompt",
+    "load_pruned_llava",
+    "load_selector",
+    "parse_keep",
+    "prune_visual_tokens",
+]
