@@ -2,6 +2,6 @@
 
 import sys
 
-from token_reduction.cli.main import main
+from token_reduction.cli import main
 
 sys.exit(main())

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from token_reduction.cli.main import lightning_main, main
+from token_reduction.cli import main
+from token_reduction.cli.train import lightning_main
 from token_reduction.models import TokenSelector
 
 ROOT = Path(__file__).resolve().parents[2]

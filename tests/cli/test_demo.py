@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from token_reduction.cli.main import main
+from token_reduction.cli import main
 from token_reduction.cli.demo import DEMO_BASELINES
 from token_reduction.models import TokenSelector
 

@@ -17,7 +17,8 @@ from tiny_models import save_tiny_clip, save_tiny_siglip
 from token_reduction.cache.feature_cache import FeatureCache
 from token_reduction.cache.manifest import CacheError, read_manifest
 from token_reduction.encoders import load_encoder
-from token_reduction.extraction.run import extract, extract_main
+from token_reduction.cli.extract import extract_main
+from token_reduction.extraction.run import extract
 from token_reduction.extraction.inputs import find_images, load_image
 from token_reduction.extraction import read_progress
 

@@ -14,7 +14,8 @@ import torch
 from token_reduction.cache.feature_cache import FeatureCache
 from token_reduction.images.default_set import build_default_set
 from token_reduction.cache.manifest import CacheError, Manifest, ShardInfo, read_manifest
-from token_reduction.extraction.run import extract, extract_main
+from token_reduction.cli.extract import extract_main
+from token_reduction.extraction.run import extract
 from token_reduction.extraction.inputs import find_images
 from token_reduction.extraction import (
     Store,

@@ -11,7 +11,7 @@ import torch
 import yaml
 from synthetic import write_synthetic_cache
 
-from token_reduction.cli.main import lightning_main
+from token_reduction.cli.train import lightning_main
 
 ROOT = Path(__file__).resolve().parents[2]
 TINY = str(ROOT / "lightning_configs" / "tiny_cpu.yaml")

@@ -56,7 +56,7 @@ def check_cache_source(cache: Path, images: Path) -> None:
 
 def train(cache: Path, run_dir: Path, config: Path, seed: int, overrides: list[str]) -> Path:
     """Fit one seed (resuming an interrupted run in the same folder); return the exported selector."""
-    from token_reduction.cli.main import lightning_main
+    from token_reduction.cli.train import lightning_main
 
     log_dir = run_dir / "tensorboard" / "demo"
     selector = log_dir / "selector"

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -49,17 +48,3 @@ def export_selector(selector: TokenSelector, out: str | Path, source: str = "", 
         info["feature_source"] = hparams.get("feature_source")  # encoder@layer the selector was trained on
         info["training"] = {k: v for k, v in hparams.items() if isinstance(v, (int, float, str, list, dict, type(None)))}
     return selector.save_pretrained(out, extra=info)
-
-
-def add_export_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--ckpt", required=True, help="Lightning checkpoint of a fit run (e.g. .../checkpoints/last.ckpt)")
-    parser.add_argument("--out", required=True, help="folder to write config.json + model.safetensors into")
-
-
-def export_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="token-reduction export", description="Export the trained selector alone.")
-    add_export_arguments(parser)
-    args = parser.parse_args(argv)
-    path = export_selector(selector_from_checkpoint(args.ckpt), args.out, source=args.ckpt)
-    print(f"exported selector to {path}")
-    return 0

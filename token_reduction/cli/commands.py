@@ -11,37 +11,14 @@ import sys
 from importlib import import_module
 from typing import Callable
 
-from lightning.pytorch.cli import LightningCLI
-
-from token_reduction.cache.datamodule import FeatureCacheDataModule
-from token_reduction.training.module import TokenReductionModule
 
 TOOLS: dict[str, tuple[str, str, str]] = {
-    "extract": ("token_reduction.extraction.run", "extract_main", "cache encoder features of a folder of images"),
+    "extract": ("token_reduction.cli.extract", "extract_main", "cache encoder features of a folder of images"),
     "demo": ("token_reduction.cli.demo", "demo_main", "offline end-to-end run on the embedded default data"),
     "evaluate": ("token_reduction.cli.evaluate", "evaluate_main", "compare learned and training-free selection"),
-    "export": ("token_reduction.training.export", "export_main", "write the trained selector of a checkpoint to a folder"),
+    "export": ("token_reduction.cli.export", "export_main", "write the trained selector of a checkpoint to a folder"),
     "chat": ("token_reduction.cli.chat", "chat_main", "ask a LLaVA model about images or a video with a pruned visual context"),
 }
-
-
-class TokenReductionCLI(LightningCLI):
-    """Links the cache's feature dim, token grid and source (encoder, layer) into the model, so nobody types them twice."""
-
-    def add_arguments_to_parser(self, parser) -> None:  # noqa: ANN001 (jsonargparse parser)
-        parser.link_arguments("data.feature_dim", "model.dim", apply_on="instantiate")
-        parser.link_arguments("data.grid", "model.grid", apply_on="instantiate")
-        parser.link_arguments("data.feature_source", "model.feature_source", apply_on="instantiate")
-
-
-def lightning_main(args: list[str] | None = None) -> TokenReductionCLI:
-    return TokenReductionCLI(
-        TokenReductionModule,
-        FeatureCacheDataModule,
-        seed_everything_default=0,
-        save_config_kwargs={"overwrite": True},
-        args=args,
-    )
 
 
 def _tool(name: str) -> Callable[[list[str]], int]:
@@ -60,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {name:<9} {summary}")
         print("  fit, validate, test, predict: LightningCLI (see `token-reduction fit --help`)")
         return 0
+    from token_reduction.cli.train import lightning_main
+
     lightning_main(argv)
     return 0
 
