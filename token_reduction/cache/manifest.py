@@ -19,7 +19,11 @@ DTYPES = ("float16", "bfloat16", "float32")
 
 
 class CacheError(ValueError):
-    """A feature cache is missing, malformed or disagrees with its manifest."""
+    """A feature cache is missing, malformed or disagrees with its manifest.
+
+    Raised with one ready message, ``<file>: <field>: <what to do>``; the command line prints it as
+    a single ``error:`` line (see :mod:`token_reduction.errors`).
+    """
 
 
 @dataclass
