@@ -14,10 +14,14 @@ pruning and how many it read; for a video, the same for the whole clip and then 
 from __future__ import annotations
 
 import argparse
-import sys
 from pathlib import Path
 
 import torch
+
+from token_reduction.cli.reporting import ArgumentParser, reports_errors
+from token_reduction.errors import UserError
+
+PROG = "token-reduction chat"
 
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -52,7 +56,7 @@ def _share(before: int, after: int) -> str:
 
 
 def run_chat(args: argparse.Namespace) -> int:
-    """Answer ``args.prompt`` about ``args.image`` and/or ``args.video``; 0 on success, 2 on bad input."""
+    """Answer ``args.prompt`` about ``args.image`` and/or ``args.video``; bad input raises :class:`UserError`."""
     from PIL import Image
 
     from token_reduction.vlm import build_prompt, load_pruned_llava, parse_keep
@@ -62,37 +66,29 @@ def run_chat(args: argparse.Namespace) -> int:
     image_paths = list(args.image or [])
     video = getattr(args, "video", None)
     if not image_paths and video is None:
-        print("error: give at least one --image or a --video", file=sys.stderr)
-        return 2
+        raise UserError(PROG, "--image/--video", "give at least one --image or a --video")
     missing = [path for path in image_paths if not Path(path).is_file()]
     if missing:
-        print(f"error: image file(s) not found: {', '.join(missing)}", file=sys.stderr)
-        return 2
+        raise UserError(", ".join(missing), "--image", "no such image file")
     if video is not None and not Path(video).exists():
-        print(f"error: video not found: {video} (pass a video file or a folder of frames)", file=sys.stderr)
-        return 2
+        raise UserError(video, "--video", "not found; pass a video file or a folder of frames")
     if getattr(args, "frames", 8) < 1:
-        print("error: --frames must be >= 1", file=sys.stderr)
-        return 2
-    try:
-        keep = parse_keep(args.keep)
-        frames = read_frames(video, args.frames) if video is not None else []
-        pruned, processor = load_pruned_llava(
-            args.model, args.selector, keep, args.threshold, args.device, args.dtype, temporal=getattr(args, "temporal", False)
-        )
-        if video is not None and not pruned.video_kwargs:
-            raise ValueError(f"model type {pruned.family} takes no video input; use a LLaVA-OneVision model")
-        images = [Image.open(path).convert("RGB") for path in image_paths]
-        if video is None:
-            prompt = build_prompt(processor, args.prompt, len(images))
-            # One sample holding every image: OneVision treats 2+ images as a multi-image prompt.
-            inputs = dict(processor(images=[images], text=[prompt], return_tensors="pt"))
-        else:
-            prompt = build_video_prompt(processor, args.prompt, 1, len(images))
-            inputs = video_inputs(processor, frames, prompt, images, tokens_per_frame(pruned.config))
-    except (ValueError, FileNotFoundError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+        raise UserError(PROG, "--frames", "must be >= 1")
+    keep = parse_keep(args.keep)
+    frames = read_frames(video, args.frames) if video is not None else []
+    pruned, processor = load_pruned_llava(
+        args.model, args.selector, keep, args.threshold, args.device, args.dtype, temporal=getattr(args, "temporal", False)
+    )
+    if video is not None and not pruned.video_kwargs:
+        raise UserError(args.model, "model_type", f"{pruned.family} takes no video input; use a LLaVA-OneVision model")
+    images = [Image.open(path).convert("RGB") for path in image_paths]
+    if video is None:
+        prompt = build_prompt(processor, args.prompt, len(images))
+        # One sample holding every image: OneVision treats 2+ images as a multi-image prompt.
+        inputs = dict(processor(images=[images], text=[prompt], return_tensors="pt"))
+    else:
+        prompt = build_video_prompt(processor, args.prompt, 1, len(images))
+        inputs = video_inputs(processor, frames, prompt, images, tokens_per_frame(pruned.config))
     inputs = {name: value.to(pruned.device) if isinstance(value, torch.Tensor) else value for name, value in inputs.items()}
     with torch.inference_mode():
         out = pruned.generate(**inputs, max_new_tokens=args.max_new_tokens, do_sample=False)
@@ -112,10 +108,11 @@ def run_chat(args: argparse.Namespace) -> int:
     return 0
 
 
+@reports_errors(PROG)
 def chat_main(argv: list[str] | None = None) -> int:
     """Entry point for ``token-reduction chat ...`` (``argv`` without the subcommand name)."""
-    parser = argparse.ArgumentParser(
-        prog="token-reduction chat",
+    parser = ArgumentParser(
+        prog=PROG,
         description="Ask a LLaVA model about images or a short video while a selector prunes their visual tokens.",
     )
     return run_chat(add_chat_arguments(parser).parse_args(argv))

@@ -11,6 +11,9 @@ import sys
 from importlib import import_module
 from typing import Callable
 
+from token_reduction.cli.reporting import ANTICIPATED, report
+from token_reduction.errors import wants_traceback
+from token_reduction.resources import config_names
 
 TOOLS: dict[str, tuple[str, str, str]] = {
     "extract": ("token_reduction.cli.extract", "extract_main", "cache encoder features of a folder of images"),
@@ -27,19 +30,26 @@ def _tool(name: str) -> Callable[[list[str]], int]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    argv = list(sys.argv[1:] if argv is None else argv)
+    """``token-reduction ...``: 0 on success; anticipated errors print one ``error:`` line and return 2."""
+    show_traceback, argv = wants_traceback(list(sys.argv[1:] if argv is None else argv))
     if argv and argv[0] in TOOLS:
-        return int(_tool(argv[0])(argv[1:]) or 0)
-    if argv and argv[0] in ("-h", "--help"):
-        print("usage: token-reduction {fit,validate,test,predict} --config lightning_configs/<x>.yaml ...")
-        print("       token-reduction {" + ",".join(TOOLS) + "} ...\n")
+        return int(_tool(argv[0])(argv[1:] + ["--traceback"] * show_traceback) or 0)
+    if not argv or argv[0] in ("-h", "--help"):
+        print("usage: token-reduction {fit,validate,test,predict} --config NAME_OR_YAML ... [--traceback]")
+        print("       token-reduction {" + ",".join(TOOLS) + "} ... [--traceback]\n")
         for name, (_, _, summary) in TOOLS.items():
             print(f"  {name:<9} {summary}")
         print("  fit, validate, test, predict: LightningCLI (see `token-reduction fit --help`)")
+        print(f"\nshipped configs (--config NAME): {', '.join(config_names())}")
         return 0
     from token_reduction.cli.train import lightning_main
 
-    lightning_main(argv)
+    try:
+        lightning_main(argv)
+    except ANTICIPATED as err:
+        if show_traceback:
+            raise
+        return report(err, f"token-reduction {argv[0]}")
     return 0
 
 

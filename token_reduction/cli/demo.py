@@ -21,22 +21,16 @@ from typing import Any
 import numpy as np
 
 from token_reduction.cache.manifest import atomic_write_bytes
+from token_reduction.cli.reporting import ArgumentParser, reports_errors
+from token_reduction.resources import find_config
 from token_reduction.cli.demo_report import VERDICT_FRACTIONS, checks, comparison_tables, draw_curves, draw_overlay, summarise
 
-REPO = Path(__file__).resolve().parents[2]
+PROG = "token-reduction demo"
 DEMO_BASELINES = ("random", "grid", "pooling", "norm", "contrast", "tome", "diversity")
 OCR_METHODS = ("learned", "random", "contrast", "diversity")  # OCR is slow: the strongest baselines; `evaluate` reads all
 OCR_PAGES = 25  # held-out pages read by OCR in the demo (5 per page group); `evaluate` reads every page
 NEUTRAL_DEMO = {"width": 128, "depth": 2, "heads": 4, "steps": 250}  # a lighter neutral probe, so the demo fits ~10 min
 OVERLAY_FRACTION = 0.3
-
-
-def find_config(name: str) -> Path:
-    """A config path as given, else relative to the checkout's ``lightning_configs/``."""
-    for candidate in (Path(name), REPO / name, REPO / "lightning_configs" / name):
-        if candidate.is_file():
-            return candidate
-    raise FileNotFoundError(f"config {name!r} not found (looked in the working folder and {REPO / 'lightning_configs'})")
 
 
 def slug(encoder: str) -> str:
@@ -190,12 +184,14 @@ def parse_seeds(text: str) -> list[int]:
     return seeds
 
 
+@reports_errors(PROG)
 def demo_main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="token-reduction demo", description=__doc__)
+    """Entry point of ``token-reduction demo``."""
+    parser = ArgumentParser(prog=PROG, description=__doc__)
     parser.add_argument("--out", default="demo_out", help="output folder (default: demo_out)")
     parser.add_argument("--encoder", action="append", default=None,
                         help="pixels:P or a LOCAL CLIP/SigLIP folder; repeat for several (default: pixels:16)")
-    parser.add_argument("--config", default="demo.yaml", help="training config under lightning_configs/")
+    parser.add_argument("--config", default="demo", help="training config: a shipped name (demo, tiny_cpu, ...) or a YAML path (default demo)")
     parser.add_argument("--images", default=None, help="image folder to use instead of the embedded default set")
     parser.add_argument("--num-images", type=int, default=None, help="size of the default set (default: its spec)")
     parser.add_argument("--max-epochs", type=int, default=None, help="override the config's trainer.max_epochs")

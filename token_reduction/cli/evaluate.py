@@ -11,15 +11,17 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from typing import Sequence
 
-from token_reduction.cache.manifest import CacheError
+from token_reduction.cli.reporting import ArgumentParser, reports_errors
+from token_reduction.errors import UserError
 from token_reduction.selection.base import Budget
 from token_reduction.selection.registry import OUT_OF_SCOPE, available_methods
 
 DEFAULT_KEEP = "0.1,0.2,0.3,0.5,0.75"
 BASELINES = ("random", "grid", "pooling", "norm", "contrast", "tome", "diversity")
 ATTENTION_METHODS = ("attention", "visionzip")
+
+PROG = "token-reduction evaluate"
 
 
 def parse_methods(text: str) -> list[str]:
@@ -130,16 +132,16 @@ def run_evaluate(args: argparse.Namespace) -> int:
             ocr_workers=args.ocr_workers,
             log=lambda message: print(message, file=sys.stderr),
         )
-    except (CacheError, FileNotFoundError, ValueError, OcrUnavailableError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except OcrUnavailableError as err:
+        raise UserError(PROG, "--ocr", str(err)) from err
     print(f"evaluated {len(results['rows'])} method x budget runs on {results['num_images']} images; see {args.out}/results.md")
     return 0
 
 
-def evaluate_main(argv: Sequence[str] | None = None) -> int:
-    """Standalone entry point: ``python -m token_reduction.cli.evaluate ...``."""
-    parser = add_evaluate_arguments(argparse.ArgumentParser(prog="token-reduction evaluate", description=__doc__.splitlines()[0]))
+@reports_errors(PROG)
+def evaluate_main(argv: list[str] | None = None) -> int:
+    """Entry point of ``token-reduction evaluate`` (also ``python -m token_reduction.cli.evaluate ...``)."""
+    parser = add_evaluate_arguments(ArgumentParser(prog=PROG, description=__doc__.splitlines()[0]))
     return run_evaluate(parser.parse_args(argv))
 
 

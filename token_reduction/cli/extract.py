@@ -8,10 +8,13 @@ import sys
 
 from lightning.fabric.utilities.rank_zero import rank_zero_only
 
-from token_reduction.cache.manifest import CacheError, Manifest
+from token_reduction.cache.manifest import Manifest
+from token_reduction.cli.reporting import ArgumentParser, UsageError, reports_errors
 from token_reduction.extraction.inputs import TEXT_BOX_MODES
 from token_reduction.extraction.run import __doc__ as EXTRACT_DOC
 from token_reduction.extraction.run import extract
+
+PROG = "token-reduction extract"
 
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
@@ -42,7 +45,7 @@ def run_extract(args: argparse.Namespace) -> Manifest:
     """Run :func:`extract` with parsed command-line arguments."""
     accelerator = getattr(args, "accelerator", None)
     if accelerator is not None and args.device != "auto":
-        raise ValueError("give --device (one device) or --accelerator with --devices, not both")
+        raise UsageError(PROG, "--device/--accelerator", "give --device (one device) or --accelerator with --devices, not both")
     return extract(
         args.encoder, args.images, args.out,
         layer=args.layer, batch_size=args.batch_size, device=args.device, dtype=args.dtype,
@@ -54,15 +57,13 @@ def run_extract(args: argparse.Namespace) -> Manifest:
     )
 
 
+@reports_errors(PROG)
 def extract_main(argv: list[str] | None = None) -> int:
-    """``token-reduction extract ...``: 0 on success, 1 with a one-line error otherwise."""
-    parser = add_extract_arguments(argparse.ArgumentParser(prog="token-reduction extract", description=EXTRACT_DOC.splitlines()[0]))
+    """``token-reduction extract ...``: 0 on success; an anticipated error is one line and exit code 2."""
+    parser = add_extract_arguments(ArgumentParser(prog=PROG, description=EXTRACT_DOC.splitlines()[0]))
     args = parser.parse_args(argv)
     try:
         manifest = run_extract(args)
-    except (CacheError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print(f"interrupted: {args.out} keeps what was finished; rerun the same command to resume", file=sys.stderr)
         return 130

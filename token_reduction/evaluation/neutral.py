@@ -31,11 +31,12 @@ from token_reduction.cache.feature_cache import FeatureCache
 from token_reduction.cache.manifest import Manifest, atomic_write_bytes
 from token_reduction.models.backbone import FeatureStandardizer, TrunkConfig
 from token_reduction.models.reconstructor import FeatureReconstructor, MaskedSequence
+from token_reduction.resources import resource_path
 from token_reduction.selection.base import TokenSelection
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_CONFIG_PATH = Path(__file__).resolve().parents[2] / "lightning_configs" / "evaluate" / "neutral_reconstructor.yaml"
+DEFAULT_CONFIG_PATH = resource_path("lightning_configs/evaluate/neutral_reconstructor.yaml")
 DEFAULT_FOLDER_NAME = "neutral_reconstructor"
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"

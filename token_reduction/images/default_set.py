@@ -30,6 +30,7 @@ from tqdm.auto import tqdm
 from token_reduction.images.layouts import RENDERERS
 from token_reduction.images.pages import font_files
 from token_reduction.images.styles import luminance, make_style, render_blank
+from token_reduction.resources import CHECKOUT, resource_path
 
 BUILDER = "token_reduction.images.default_set"
 BUILDER_VERSION = 2
@@ -38,7 +39,7 @@ KINDS = ("photo", "blank", "document", "receipt", "chart", "slide", "ui", "table
 PAGE_GROUPS = ("white", "tinted", "dark", "panels")
 SPLITS = ("train", "val", "test")
 SPEC_ENV = "TOKEN_REDUCTION_DEFAULT_SET_SPEC"
-SPEC_PATH = Path(__file__).resolve().parents[2] / "data" / "default_set.json"
+SPEC_PATH = resource_path("data/default_set.json")
 
 # Names in skimage.data whose files ship inside the scikit-image wheel. Anything else (brain,
 # eagle, kidney, lily, skin, cells3d, ...) is fetched from the network on first use: never used.
@@ -339,8 +340,7 @@ def load_index(out_dir: str | Path) -> list[dict[str, Any]]:
 
 def default_set_dir() -> Path:
     """``data/default`` in a source checkout, else ``~/.cache/token_reduction/default``."""
-    checkout = Path(__file__).resolve().parents[2]
-    if (checkout / "data" / "default_set.json").is_file() and (checkout / "token_reduction").is_dir():
-        return checkout / "data" / "default"
+    if (CHECKOUT / "data" / "default_set.json").is_file() and (CHECKOUT / "token_reduction").is_dir():
+        return CHECKOUT / "data" / "default"
     base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
     return base / "token_reduction" / "default"
