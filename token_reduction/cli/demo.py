@@ -22,6 +22,7 @@ import numpy as np
 
 from token_reduction.cache.manifest import atomic_write_bytes
 from token_reduction.cli.reporting import ArgumentParser, reports_errors
+from token_reduction.errors import UserError
 from token_reduction.resources import find_config
 from token_reduction.cli.demo_report import VERDICT_FRACTIONS, checks, comparison_tables, draw_curves, draw_overlay, summarise
 
@@ -45,7 +46,7 @@ def check_cache_source(cache: Path, images: Path) -> None:
         return
     root = read_progress(str(cache)).info.get("images_root")
     if root is not None and Path(root).resolve() != images.resolve():
-        raise SystemExit(f"error: {cache} holds features of images in {root}, not {images}; pick another --out")
+        raise UserError(cache, "images_root", f"holds features of images in {root}, not {images}; pick another --out")
 
 
 def train(cache: Path, run_dir: Path, config: Path, seed: int, overrides: list[str]) -> Path:
