@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 from pathlib import Path
 
@@ -92,8 +93,11 @@ def test_nan_features_are_named_on_read(tmp_path: Path) -> None:
     save_file({"features": features}, str(shard))
     manifest = json.loads((root / "manifest.json").read_text())
     manifest["shards"][0]["bytes"] = shard.stat().st_size
+    manifest["shards"][0]["sha256"] = hashlib.sha256(shard.read_bytes()).hexdigest()
     (root / "manifest.json").write_text(json.dumps(manifest))
-    cache = FeatureCache(root)
+    with pytest.raises(CacheError, match="img002.*NaN.*token-reduction extract"):
+        FeatureCache(root)  # the checksum pass also reads every row: caught before training starts
+    cache = FeatureCache(root, verify="size")
     cache.read(1)
     with pytest.raises(CacheError, match="img002.*NaN"):
         cache.read(2)

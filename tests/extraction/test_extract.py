@@ -247,7 +247,7 @@ def test_cli_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str], tin
     manifest = read_manifest(tmp_path / "cache")
     assert (manifest.layer, manifest.dtype, manifest.extras) == (-1, "bfloat16", {"attention": [16]})
     assert manifest.info["layer_index"] == 3 and manifest.info["cls_dropped"] is True
-    assert extract_main(["--encoder", "pixels:8@32", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "c2")]) == 1
+    assert extract_main(["--encoder", "pixels:8@32", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "c2")]) == 2
     assert "error: images path" in capsys.readouterr().err
 
 

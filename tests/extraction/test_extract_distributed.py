@@ -214,5 +214,5 @@ def test_cli_takes_lightning_placement_flags(images: Path, tmp_path: Path, capsy
     assert "3 samples from 3 images" in capsys.readouterr().out
     assert read_manifest(tmp_path / "cache").shards[0].rank == 0
     conflict = ["--encoder", ENCODER, "--images", str(images), "--out", str(tmp_path / "c2"), "--device", "cpu", "--accelerator", "cpu"]
-    assert extract_main(conflict) == 1
+    assert extract_main(conflict) == 2
     assert "not both" in capsys.readouterr().err

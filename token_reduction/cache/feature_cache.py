@@ -9,9 +9,7 @@ is rewritten the same way, so a killed run leaves a valid (incomplete) cache to 
 from __future__ import annotations
 
 import hashlib
-import json
 import os
-import struct
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
@@ -27,29 +25,9 @@ from token_reduction.cache.manifest import (
     read_manifest,
     write_manifest,
 )
+from token_reduction.cache.verify import REPAIR, verify_shards
 
 TORCH_DTYPES = {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}
-SAFETENSORS_DTYPES = {"float16": "F16", "bfloat16": "BF16", "float32": "F32"}
-
-
-def sha256_of(path: Path, chunk: int = 1 << 20) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_safetensors_header(path: Path) -> dict[str, Any]:
-    """The JSON header of a safetensors file, or a :class:`CacheError` naming the file."""
-    try:
-        with open(path, "rb") as handle:
-            (length,) = struct.unpack("<Q", handle.read(8))
-            if length > os.path.getsize(path) - 8:
-                raise ValueError("header longer than the file")
-            return json.loads(handle.read(length))
-    except (OSError, ValueError, struct.error) as err:
-        raise CacheError(f"{path}: not a readable safetensors shard ({err})") from err
 
 
 class CacheWriter:
@@ -173,7 +151,11 @@ class FeatureCache:
     to DataLoader workers and DDP ranks.
     """
 
-    def __init__(self, root: str | os.PathLike, verify: str = "size", require_complete: bool = True) -> None:
+    def __init__(
+        self, root: str | os.PathLike, verify: str = "checksum", require_complete: bool = True, progress: bool | None = None
+    ) -> None:
+        """``verify``: ``none``, ``size`` or ``checksum`` (sha256 and finite features, each shard version
+        hashed once; see :mod:`token_reduction.cache.verify`); ``progress`` shows a bar while hashing."""
         if verify not in ("none", "size", "checksum"):
             raise ValueError(f"verify must be none|size|checksum, got {verify!r}")
         self.root = Path(root)
@@ -186,38 +168,11 @@ class FeatureCache:
             )
         if not m.shards:
             raise CacheError(f"{self.root / 'manifest.json'}: field 'shards' is empty: the cache holds no samples")
-        if verify != "none":
-            for shard in m.shards:
-                self._verify_shard(shard, checksum=verify == "checksum")
+        verify_shards(self.root, m, verify, progress=progress)
         self._offsets = [0]
         for shard in m.shards:
             self._offsets.append(self._offsets[-1] + shard.num_samples)
         self._handles: dict[int, Any] = {}
-
-    def _verify_shard(self, shard: ShardInfo, checksum: bool) -> None:
-        m = self.manifest
-        path = self.root / shard.file
-        if not path.exists():
-            raise CacheError(f"{path}: shard listed in manifest.json is missing")
-        size = path.stat().st_size
-        if size != shard.bytes:
-            raise CacheError(f"{path}: file has {size} bytes but manifest.json field 'bytes' says {shard.bytes} (truncated or replaced)")
-        header = read_safetensors_header(path)
-        features = header.get("features")
-        if features is None:
-            raise CacheError(f"{path}: no 'features' tensor")
-        expected = [shard.num_samples, m.num_tokens, m.dim]
-        if features["shape"] != expected:
-            fields = ("num_samples", "num_tokens", "dim")
-            bad = [f"{f} ({got} vs manifest {want})" for f, got, want in zip(fields, features["shape"], expected) if got != want]
-            raise CacheError(f"{path}: 'features' shape {features['shape']} disagrees with manifest.json: {', '.join(bad) or 'rank'}")
-        if features["dtype"] != SAFETENSORS_DTYPES[m.dtype]:
-            raise CacheError(f"{path}: 'features' dtype {features['dtype']} disagrees with manifest.json field 'dtype' ({m.dtype})")
-        for name, shape in m.extras.items():
-            if name not in header or header[name]["shape"] != [shard.num_samples, *shape]:
-                raise CacheError(f"{path}: extra tensor '{name}' missing or of the wrong shape (manifest.json field 'extras')")
-        if checksum and sha256_of(path) != shard.sha256:
-            raise CacheError(f"{path}: sha256 differs from manifest.json field 'sha256' (corrupt shard)")
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -261,7 +216,7 @@ class FeatureCache:
         features = out.get("features")
         if features is not None and not torch.isfinite(features).all():
             sample = self.manifest.shards[shard].samples[row].get("id", row)
-            raise CacheError(f"{self.root / self.manifest.shards[shard].file}: sample {sample!r} (row {row}) has NaN/inf features")
+            raise CacheError(f"{self.root / self.manifest.shards[shard].file}: sample {sample!r} (row {row}) has NaN/inf features; {REPAIR}")
         return out
 
     def read_many(self, indices: Sequence[int], names: Iterable[str] = ("features",)) -> dict[str, torch.Tensor]:

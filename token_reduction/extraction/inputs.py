@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import fsspec
+import numpy as np
 import torch
 from PIL import Image, ImageOps
 from torch import Tensor
@@ -222,7 +223,31 @@ def load_image(path: Path | str) -> Image.Image:
     with Image.open(source) as image:
         image.load()
         image = ImageOps.exif_transpose(image)
+        return to_rgb(image)
+
+
+def to_rgb(image: Image.Image) -> Image.Image:
+    """8-bit RGB of any PIL mode; high-bit-depth and float grey images are rescaled, not clipped.
+
+    Pillow's own ``convert("RGB")`` clips ``I;16``/``I``/``F`` values at 255 (a 16-bit scan turns
+    almost white). Rules: ``I;16*`` divide by 257 (0..65535 onto 0..255); ``I`` (32-bit ints) the
+    same when every value fits 0..65535, else min-max scaled; ``F`` (floats) taken as 0..1 when the
+    maximum is at most 1 (negatives clip to 0), else min-max scaled; NaN becomes 0. Every other mode
+    (``1``, ``L``, ``P``, ``LA``, ``PA``, ``RGBA``, ``CMYK``, ...) goes through ``convert("RGB")``.
+    """
+    if not (image.mode.startswith("I;16") or image.mode in ("I", "F")):
         return image.convert("RGB")
+    values = np.asarray(image).astype(np.float64)
+    values = np.nan_to_num(values, nan=0.0, posinf=0.0, neginf=0.0)
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if image.mode.startswith("I;16") or (image.mode == "I" and low >= 0 and high <= 65535):
+        scaled = values / 257.0
+    elif image.mode == "F" and high <= 1.0:
+        scaled = np.clip(values, 0.0, 1.0) * 255.0
+    else:
+        scaled = (values - low) * (255.0 / (high - low)) if high > low else np.zeros_like(values)
+    grey = np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+    return Image.fromarray(grey).convert("RGB")
 
 
 @dataclass

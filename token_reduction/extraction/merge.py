@@ -19,7 +19,7 @@ from token_reduction.extraction.storage import Store
 
 PARTIAL_PATTERN = re.compile(r"^manifest\.rank(\d{3,})\.json$")
 SHARD_PATTERN = re.compile(r"^shard-r(\d{3,})-(\d{5,})\.safetensors$")
-TEMP_PATTERN = re.compile(r"^\.(shard-r\d{3,}-\d{5,}\.safetensors|manifest(\.rank\d{3,})?\.json)\..+\.tmp$")
+TEMP_PATTERN = re.compile(r"^\.(shard-r\d{3,}-\d{5,}\.safetensors|manifest(\.rank\d{3,})?\.json|verified\.json)\..+\.tmp$")
 """Temp files of an atomic write that a kill interrupted (see ``atomic_write_bytes`` and ``Store.write_bytes``)."""
 
 

@@ -3,6 +3,9 @@
 Training the selector only ever reads this cache, so the (large) vision encoder runs once per image.
 The run is resumable: kill it at any point and rerun the same command; images already stored or
 skipped are not redone, and every image ends up in the cache exactly once (all its crops together).
+Rerunning also repairs: shards found missing, truncated or corrupt (sha256) are dropped and their
+images encoded again (see :mod:`token_reduction.extraction.repair`). A cache keeps the images root
+it was made from; another ``--images`` folder with the same ``--out`` is refused.
 
 Each sample (one crop) is recorded as ``{"id", "image", "crop", "crop_box", "source_size"}`` plus
 ``kind``/``split``/``source`` from the image's ``NAME.json`` sidecar when present: ``image`` is the
@@ -154,9 +157,10 @@ def extract(
     text = wants_text_boxes(inputs, text_boxes)
     template = _template(encoder, storage, root, str(images), points, text, store_attention)
     output = CacheOutput(str(out), template, shard_size=shard_size)
-    existing = output.existing()  # refuses a cache of other features, before anything is written
+    existing = output.existing()  # refuses a cache of other features or images, before anything is written
     names = [item.rel for item in inputs]
-    if existing is not None and existing.complete and not partial_names(output.store) and set(names) <= done_images(existing):
+    if (existing is not None and existing.complete and not partial_names(output.store) and set(names) <= done_images(existing)
+            and not output.damaged(existing)):  # every process sees the same shards, so all agree to stop here
         return existing  # nothing to do: no processes to start
     datamodule = ImageDataModule(
         inputs, encoder.transform, encoder.patch_size, points, text,

@@ -88,6 +88,13 @@ class Store:
         else:
             self.fs.makedirs(self.path, exist_ok=True)
 
+    def size(self, name: str) -> int | None:
+        """Bytes in ``name``, or ``None`` when it does not exist."""
+        try:
+            return (Path(self.path) / name).stat().st_size if self.local else int(self.fs.size(self._full(name)))
+        except FileNotFoundError:
+            return None
+
     def read_bytes(self, name: str) -> bytes:
         if self.local:
             return (Path(self.path) / name).read_bytes()

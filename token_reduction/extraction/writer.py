@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import sys
 import warnings
 from typing import Any, Sequence
 
@@ -30,6 +31,7 @@ from token_reduction.extraction.merge import (
     read_manifest_at,
 )
 from token_reduction.extraction.module import EncodedImage
+from token_reduction.extraction.repair import damaged_shards, repair_note, without_shards
 from token_reduction.extraction.storage import Store
 
 
@@ -62,15 +64,37 @@ class CacheOutput:
                     f"{self.url} was extracted with {key}={existing.info.get(key)!r} but this run has {self.template.info.get(key)!r}; "
                     "rerun with the same options or choose another --out (nothing was changed)"
                 )
+        old, new = existing.info.get("images_root"), self.template.info.get("images_root")
+        if old is not None and new is not None and str(old).rstrip("/") != str(new).rstrip("/"):
+            spec = str(existing.info.get("images") or old)  # the folder, glob or list file as first given
+            given = spec if spec.rstrip("/") == str(old).rstrip("/") else f"{spec} (images root {old})"
+            raise CacheError(
+                f"{self.url.rstrip('/')}/{MANIFEST_NAME}: images_root: this cache holds images from {old}, not {new}; "
+                f"give the original --images {given} to resume or repair it, or choose another --out for these images (nothing was changed)"
+            )
         return existing
 
+    def damaged(self, manifest: Manifest) -> dict[str, str]:
+        """Shards of ``manifest`` that fail verification (file name -> reason); see :mod:`~token_reduction.extraction.repair`."""
+        return damaged_shards(self.store, manifest)
+
     def prepare(self) -> Manifest:
-        """Global rank 0, before any rank reads or writes: create the cache, or fold a killed run's partials in."""
+        """Global rank 0, before any rank reads or writes: create the cache, or fold a killed run's partials
+        in and drop damaged shards (their images are then encoded again), saying so in one line."""
         if self.existing() is None:
             self.store.makedirs()
             self.store.write_bytes(MANIFEST_NAME, manifest_bytes(self.template))
             return copy_manifest(self.template)
-        return fold_partials(self.store)
+        merged = fold_partials(self.store)
+        damaged = self.damaged(merged)
+        if not damaged:
+            return merged
+        print(repair_note(self.url, merged, damaged), file=sys.stderr, flush=True)
+        repaired = without_shards(merged, set(damaged))
+        self.store.write_bytes(MANIFEST_NAME, manifest_bytes(repaired))  # first: a kill now leaves unlisted files, removed next run
+        for name in damaged:
+            self.store.remove(name)
+        return repaired
 
     def done(self) -> set[str]:
         """Images already stored or skipped (read by every rank after :meth:`prepare`)."""
