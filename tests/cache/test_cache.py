@@ -34,10 +34,10 @@ def test_round_trip_reads_what_was_written(tmp_path: Path) -> None:
 
 
 def test_missing_and_empty_folders(tmp_path: Path) -> None:
-    with pytest.raises(CacheError, match="does not exist"):
+    with pytest.raises(CacheError, match="cache_dir: no such folder"):
         FeatureCache(tmp_path / "nope")
     (tmp_path / "empty").mkdir()
-    with pytest.raises(CacheError, match="manifest.json not found"):
+    with pytest.raises(CacheError, match="manifest.json: manifest: not found"):
         FeatureCache(tmp_path / "empty")
 
 

@@ -192,7 +192,7 @@ def test_existing_cache_of_another_encoder_is_left_alone(tmp_path: Path) -> None
 
 
 def test_missing_and_empty_inputs(tmp_path: Path) -> None:
-    with pytest.raises(FileNotFoundError, match="does not exist"):
+    with pytest.raises(FileNotFoundError, match="--images: no such file or folder"):
         extract("pixels:8@32", tmp_path / "nope", tmp_path / "cache", progress=False)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no images found"):
@@ -248,7 +248,7 @@ def test_cli_entry_point(tmp_path: Path, capsys: pytest.CaptureFixture[str], tin
     assert (manifest.layer, manifest.dtype, manifest.extras) == (-1, "bfloat16", {"attention": [16]})
     assert manifest.info["layer_index"] == 3 and manifest.info["cls_dropped"] is True
     assert extract_main(["--encoder", "pixels:8@32", "--images", str(tmp_path / "nope"), "--out", str(tmp_path / "c2")]) == 2
-    assert "error: images path" in capsys.readouterr().err
+    assert "--images: no such file or folder" in capsys.readouterr().err
 
 
 def test_exif_orientation_is_applied(tmp_path: Path) -> None:

@@ -71,15 +71,15 @@ class Manifest:
 
         def need(key: str, kind: type | tuple[type, ...]) -> Any:
             if key not in data:
-                raise CacheError(f"{source}: missing field '{key}'")
+                raise CacheError(f"{source}: {key}: missing; the manifest is damaged: re-run `token-reduction extract` with the same --out")
             value = data[key]
             if not isinstance(value, kind) or isinstance(value, bool) and kind is int:
-                raise CacheError(f"{source}: field '{key}' should be {kind}, got {value!r}")
+                raise CacheError(f"{source}: {key}: should be {kind.__name__}, got {value!r}; the manifest is damaged: re-run extract with the same --out")
             return value
 
         version = need("format_version", int)
         if version != FORMAT_VERSION:
-            raise CacheError(f"{source}: field 'format_version' is {version}, this code reads {FORMAT_VERSION}")
+            raise CacheError(f"{source}: format_version: is {version}, this code reads {FORMAT_VERSION}; extract the cache again with this version")
         grid = need("grid", list)
         num_tokens = need("num_tokens", int)
         if len(grid) != 2 or grid[0] * grid[1] != num_tokens:
@@ -130,18 +130,18 @@ def read_manifest(root: str | os.PathLike) -> Manifest:
     """Load ``root/manifest.json``, with errors that say what is wrong and where."""
     root = Path(root)
     if not root.exists():
-        raise CacheError(f"feature cache folder {root} does not exist; run `token-reduction extract` first")
+        raise CacheError(f"{root}: cache_dir: no such folder; run `token-reduction extract --out {root} ...` first")
     if not root.is_dir():
-        raise CacheError(f"feature cache {root} is not a folder")
+        raise CacheError(f"{root}: cache_dir: not a folder; give the folder `token-reduction extract --out` wrote")
     path = root / MANIFEST_NAME
     if not path.exists():
-        raise CacheError(f"{path} not found: {root} is not a feature cache (empty or not extracted yet)")
+        raise CacheError(f"{path}: manifest: not found, so {root} is not a feature cache; run `token-reduction extract --out {root} ...` first")
     try:
         data = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise CacheError(f"{path}: not valid JSON ({err})") from err
+        raise CacheError(f"{path}: manifest: not valid JSON ({err}); re-run `token-reduction extract` with the same --out") from err
     if not isinstance(data, dict):
-        raise CacheError(f"{path}: expected a JSON object")
+        raise CacheError(f"{path}: manifest: expected a JSON object; re-run `token-reduction extract` with the same --out")
     return Manifest.from_json(data, source=str(path))
 
 

@@ -89,7 +89,7 @@ def find_images(spec: str | Path) -> tuple[Path | str, list[ImageInput]]:
         root = Path(*path.parts[: _glob_depth(path)] or ["."]).resolve()
         where = f"glob {text!r}"
     elif not path.exists():
-        raise FileNotFoundError(f"images path {text!r} does not exist (expected a folder, a glob, or a text file of paths)")
+        raise FileNotFoundError(f"{text}: --images: no such file or folder; give a folder, a glob, or a text file of paths")
     elif path.is_dir():
         root = path.resolve()
         files = [p.resolve() for p in root.rglob("*") if p.is_file() and _is_image(p)]
@@ -108,7 +108,7 @@ def find_images(spec: str | Path) -> tuple[Path | str, list[ImageInput]]:
                 files.append((entry if entry.is_absolute() else root / entry).resolve())
         where = f"list file {text!r}"
     if not files:
-        raise ValueError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"{where}: --images: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     inputs = sorted({ImageInput(p, _relative(p, root)) for p in files}, key=lambda item: item.rel)
     return root, inputs
 
@@ -124,7 +124,7 @@ def _find_remote_images(spec: str) -> tuple[str, list[ImageInput]]:
         files = [p for p in fs.glob(path) if _is_image(p) and fs.isfile(p)]
         where = f"glob {spec!r}"
     elif not fs.exists(path):
-        raise FileNotFoundError(f"images path {spec!r} does not exist (expected a folder, a glob, or a text file of paths)")
+        raise FileNotFoundError(f"{spec}: --images: no such file or folder; give a folder, a glob, or a text file of paths")
     elif fs.isdir(path):
         root = path
         files = [p for p in fs.find(path) if _is_image(p)]
@@ -140,7 +140,7 @@ def _find_remote_images(spec: str) -> tuple[str, list[ImageInput]]:
                 files.append(line if _is_remote(line) else posixpath.normpath(posixpath.join(root, line)))
         where = f"list file {spec!r}"
     if not files:
-        raise ValueError(f"no images found in {where} (looked for {', '.join(IMAGE_EXTENSIONS)})")
+        raise ValueError(f"{where}: --images: no images found (looked for {', '.join(IMAGE_EXTENSIONS)})")
     prefix = root.rstrip("/") + "/"
     inputs = set()
     for file in files:
