@@ -320,7 +320,7 @@ def test_chat_rejects_bad_video_inputs(onevision_folder, saved_models, tmp_path,
     assert chat_main(["--model", str(onevision_folder), *base]) == 2
     assert "--image or a --video" in capsys.readouterr().err
     assert chat_main(["--model", str(onevision_folder), *base, "--video", str(tmp_path / "none")]) == 2
-    assert "video not found" in capsys.readouterr().err
+    assert "--video: not found" in capsys.readouterr().err
     frames = tmp_path / "frames"
     frames.mkdir()
     make_image(16, 16, seed=1).save(frames / "0.png")

@@ -28,7 +28,7 @@ def add_chat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentPars
     """Add the ``chat`` options to ``parser`` (the CLI's subcommand parser, or a standalone one)."""
     parser.add_argument("--model", required=True, help="LLaVA-NeXT or LLaVA-OneVision folder or hub id")
     parser.add_argument(
-        "--selector", required=True, help="exported TokenSelector folder, or a method name (random, pooling, norm, tome)"
+        "--selector", required=True, help="exported TokenSelector folder, a Hub repo id (owner/name), or a method name (random, pooling, norm, tome)"
     )
     parser.add_argument("--image", action="append", default=[], help="image file; repeat the option for several images")
     parser.add_argument(

@@ -15,11 +15,23 @@ from typing import Any, Mapping
 
 import torch
 import torch.nn.functional as F
+from huggingface_hub import ModelCard, ModelHubMixin
 from safetensors.torch import load_file, save
 from torch import Tensor, nn
 
 from token_reduction.cache.manifest import atomic_write_bytes
+from token_reduction.errors import UserError
 from token_reduction.models.backbone import FeatureStandardizer, TokenTrunk, TrunkConfig
+from token_reduction.models.hub import (
+    EXPORT_HINT,
+    HUB_ERRORS,
+    SelectorNotFoundError,
+    fetch_file,
+    first_line,
+    hub_error,
+    is_local,
+    location,
+)
 from token_reduction.selection.base import (
     Budget,
     TokenSelection,
@@ -32,11 +44,23 @@ from token_reduction.selection.diversity import diverse_top_k_mask, duplicate_su
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
 ARTEFACT_TYPE = "token_reduction.TokenSelector"
 
 
-class TokenSelector(nn.Module):
-    """Keep/drop scorer over ``(B, N, D)`` features; implements :class:`SelectionMethod`."""
+class TokenSelector(
+    nn.Module,
+    ModelHubMixin,
+    library_name="token_reduction",
+    license="apache-2.0",  # the project's licence (setup.cfg)
+    tags=["token-reduction", "visual-token-pruning", "vision-language-model"],
+):
+    """Keep/drop scorer over ``(B, N, D)`` features; implements :class:`SelectionMethod`.
+
+    ``from_pretrained`` (a folder or a Hub repo), ``save_pretrained`` and ``push_to_hub`` come from
+    ``huggingface_hub``'s ``ModelHubMixin``; the files are ``config.json`` (with the ``info``
+    provenance), ``model.safetensors`` and a ``README.md`` model card.
+    """
 
     name = "learned"
 
@@ -60,6 +84,7 @@ class TokenSelector(nn.Module):
         self.threshold = threshold
         self.redundancy = float(redundancy)
         self.duplicate_similarity = duplicate_similarity
+        self.info: dict[str, Any] = {}  # provenance: written to config.json and the model card, read back on load
         self.standardize = FeatureStandardizer(dim)
         self.trunk = TokenTrunk(dim, self.trunk_config)
         self.head = nn.Linear(self.trunk.width, 1)
@@ -123,6 +148,7 @@ class TokenSelector(nn.Module):
 
     # ----------------------------------------------------------------------------------------- I/O
     def config(self) -> dict[str, Any]:
+        """What ``config.json`` holds besides ``info``: enough to rebuild the module before its weights."""
         return {
             "type": ARTEFACT_TYPE,
             "dim": self.dim,
@@ -133,43 +159,145 @@ class TokenSelector(nn.Module):
             "duplicate_similarity": self.duplicate_similarity,
         }
 
-    def save_pretrained(self, path: str | os.PathLike, extra: Mapping[str, Any] | None = None) -> Path:
-        """Write ``config.json`` + ``model.safetensors`` (weights only, no pickled code)."""
-        path = Path(path)
-        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        config = self.config() | {"info": dict(extra or {})}
-        atomic_write_bytes(path / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
-        atomic_write_bytes(path / CONFIG_NAME, json.dumps(config, indent=2).encode())
+    def save_pretrained(  # type: ignore[override]  # returns the folder, as it always has
+        self,
+        save_directory: str | os.PathLike,
+        *,
+        extra: Mapping[str, Any] | None = None,
+        config: Any = None,
+        repo_id: str | None = None,
+        push_to_hub: bool = False,
+        model_card_kwargs: dict[str, Any] | None = None,
+        **push_to_hub_kwargs: Any,
+    ) -> Path:
+        """Write ``config.json`` + ``model.safetensors`` (no pickled code) + ``README.md`` (the model card).
+
+        ``extra`` is the provenance (see :func:`~token_reduction.training.export.export_selector`):
+        stored as ``info`` in ``config.json``, shown by the card, and kept as ``self.info`` so a later
+        :meth:`push_to_hub` uploads the same. ``push_to_hub=True`` also uploads the folder (the
+        mixin's ``push_to_hub``; ``repo_id`` defaults to the folder name). ``config`` is accepted
+        for the mixin's sake and ignored: the selector writes its own.
+        """
+        if extra is not None:
+            self.info = dict(extra)
+        path = Path(save_directory)
+        (path / CARD_NAME).unlink(missing_ok=True)  # the mixin keeps an existing README.md; this export's card replaces it
+        super().save_pretrained(
+            path, config=config, repo_id=repo_id, push_to_hub=push_to_hub, model_card_kwargs=model_card_kwargs, **push_to_hub_kwargs
+        )
         return path
 
+    def _save_pretrained(self, save_directory: Path) -> None:
+        """The mixin's hook: weights (standardisation statistics included) and config, in the format every release reads."""
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        config = self.config() | {"info": dict(self.info)}
+        atomic_write_bytes(save_directory / WEIGHTS_NAME, save(state, metadata={"format": "pt"}))
+        atomic_write_bytes(save_directory / CONFIG_NAME, json.dumps(config, indent=2).encode())
+
+    def generate_model_card(self, *args: Any, **template_kwargs: Any) -> ModelCard:
+        """The card the mixin writes as ``README.md``; built from :meth:`config` and ``self.info`` alone."""
+        from token_reduction.models.model_card import selector_card
+
+        return selector_card(self.config(), self.info, base=self._hub_mixin_info.model_card_data, **template_kwargs)
+
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, map_location: str | torch.device = "cpu") -> "TokenSelector":
-        """Load an exported selector folder (no Lightning needed, no code executed)."""
-        path = Path(path)
-        config_path, weights_path = path / CONFIG_NAME, path / WEIGHTS_NAME
-        if not config_path.exists() or not weights_path.exists():
-            raise FileNotFoundError(
-                f"{path} is not an exported TokenSelector (needs {CONFIG_NAME} and {WEIGHTS_NAME}); "
-                "export one with `token-reduction export` or train with `token-reduction fit`"
-            )
-        config = json.loads(config_path.read_text())
-        if config.get("type") != ARTEFACT_TYPE:
-            raise ValueError(f"{config_path}: field 'type' is {config.get('type')!r}, expected {ARTEFACT_TYPE!r}")
-        selector = cls(
-            dim=int(config["dim"]),
-            trunk=TrunkConfig(**config["trunk"]),
-            grid=tuple(config["grid"]) if config.get("grid") else None,
-            threshold=float(config.get("threshold", 0.5)),
-            redundancy=float(config.get("redundancy", 0.0)),
-            duplicate_similarity=config.get("duplicate_similarity"),
-        )
-        state = load_file(str(weights_path), device=str(map_location))
+    def from_pretrained(  # type: ignore[override]  # same call, map_location and one-line errors added
+        cls,
+        pretrained_model_name_or_path: str | os.PathLike,
+        *,
+        map_location: str | torch.device = "cpu",
+        revision: str | None = None,
+        cache_dir: str | os.PathLike | None = None,
+        local_files_only: bool = False,
+        token: str | bool | None = None,
+        force_download: bool = False,
+        **overrides: Any,
+    ) -> "TokenSelector":
+        """An export folder, or a Hub repo ``owner/name`` at ``revision`` (cache, offline mode and token as in ``huggingface_hub``).
+
+        No code is executed (safetensors + JSON). ``overrides`` replace saved constructor
+        arguments, e.g. ``threshold=0.3``. Anything that is not a selector raises a one-line
+        :class:`~token_reduction.errors.UserError`.
+        """
+        where = str(pretrained_model_name_or_path)
+        if is_local(pretrained_model_name_or_path) and not os.path.isdir(where):
+            raise SelectorNotFoundError(where, None, "no such folder; give a folder written by `token-reduction export` or a Hub repo id owner/name")
+        if os.path.isdir(where):  # check before the mixin, which only logs a warning for a folder without config.json
+            fetch_file(where, CONFIG_NAME)
+            fetch_file(where, WEIGHTS_NAME)
+        hub = dict(revision=revision, cache_dir=cache_dir, local_files_only=local_files_only, token=token, force_download=force_download)
+        try:
+            return super().from_pretrained(where, map_location=str(map_location), **hub, **overrides)
+        except UserError:
+            raise
+        except json.JSONDecodeError as err:
+            raise UserError(location(where, revision, CONFIG_NAME), None, f"is not valid JSON ({err.msg}); re-export the selector") from err
+        except HUB_ERRORS as err:
+            raise hub_error(where, revision, err, CONFIG_NAME) from err
+
+    @classmethod
+    def _from_pretrained(  # type: ignore[override]
+        cls,
+        *,
+        model_id: str,
+        revision: str | None,
+        cache_dir: str | os.PathLike | None,
+        force_download: bool,
+        local_files_only: bool,
+        token: str | bool | None,
+        config: dict[str, Any] | None = None,
+        map_location: str = "cpu",
+        **init: Any,
+    ) -> "TokenSelector":
+        """The mixin's hook: it passes the parsed ``config.json`` and the constructor arguments found there."""
+        hub = dict(revision=revision, cache_dir=cache_dir, force_download=force_download, local_files_only=local_files_only, token=token)
+        for legacy in ("proxies", "resume_download"):  # passed by older huggingface_hub releases
+            init.pop(legacy, None)
+        config_where = location(model_id, revision, CONFIG_NAME)
+        if config is None:  # the mixin swallows Hub errors on config.json: fetch it again to report the real one
+            fetch_file(model_id, CONFIG_NAME, **hub)
+            raise UserError(config_where, None, f"could not be read; {EXPORT_HINT}")
+        if not isinstance(config, dict) or config.get("type") != ARTEFACT_TYPE:
+            found = config.get("type") if isinstance(config, dict) else type(config).__name__
+            raise UserError(config_where, "type", f"is {found!r}, not {ARTEFACT_TYPE!r}: not an exported TokenSelector; {EXPORT_HINT}")
+        selector = cls(**constructor_arguments(init, config_where))
+        weights = fetch_file(model_id, WEIGHTS_NAME, **hub)
+        weights_where = location(model_id, revision, WEIGHTS_NAME)
+        try:
+            state = load_file(weights, device=str(map_location))
+        except Exception as err:  # safetensors raises its own error type for a truncated or foreign file
+            raise UserError(weights_where, None, f"is not a readable safetensors file ({first_line(err)}); re-export the selector") from err
         try:
             selector.load_state_dict(state)
         except RuntimeError as err:
-            raise ValueError(f"{weights_path}: weights do not match {config_path}: {err}") from err
-        selector.info = config.get("info", {})
+            raise UserError(weights_where, None, f"weights do not match {CONFIG_NAME} ({first_line(err)}); re-export the selector") from err
+        selector.info = dict(config.get("info") or {})
         return selector.to(map_location).eval()
+
+
+def constructor_arguments(init: dict[str, Any], where: str) -> dict[str, Any]:
+    """``config.json`` values (JSON types) as :class:`TokenSelector` arguments, naming the bad field."""
+    arguments = dict(init)
+    for field in ("dim", "trunk"):
+        if field not in arguments:
+            raise UserError(where, field, f"missing; {EXPORT_HINT}")
+    try:
+        arguments["dim"] = int(arguments["dim"])
+    except (TypeError, ValueError):
+        raise UserError(where, "dim", f"is {arguments['dim']!r}, not an integer feature dim; re-export the selector") from None
+    trunk = arguments["trunk"]
+    if isinstance(trunk, Mapping):
+        try:
+            arguments["trunk"] = TrunkConfig(**trunk)
+        except TypeError as err:
+            raise UserError(where, "trunk", f"{first_line(err)}; re-export the selector with this version") from None
+    grid = arguments.get("grid")
+    if grid is not None and (not isinstance(grid, (list, tuple)) or len(grid) != 2):
+        raise UserError(where, "grid", f"is {grid!r}, not [rows, cols] or null; re-export the selector")
+    for field in ("threshold", "redundancy"):
+        if arguments.get(field) is not None:
+            arguments[field] = float(arguments[field])
+    return arguments
 
 
 def gumbel_keep_mask(logits: Tensor, tau: float, padding_mask: Tensor | None = None) -> Tensor:

@@ -30,7 +30,7 @@ if TYPE_CHECKING:  # runtime import is lazy: models.selector itself imports toke
 
 
 def load_learned(selector: "str | os.PathLike[str] | TokenSelector | None" = None, map_location: str = "cpu") -> TokenSelector:
-    """The trained selector: an exported folder (``config.json`` + ``model.safetensors``) or a module."""
+    """The trained selector: an exported folder, a Hub repo id (``owner/name``) or a module."""
     from token_reduction.models.selector import TokenSelector
 
     if selector is None:

@@ -48,12 +48,14 @@ class KeepMaskImages(L.Callback):
 
 
 class ExportSelector(L.Callback):
-    """After fit, writes the selector alone (safetensors + config.json) for use without Lightning.
+    """After fit, writes the selector alone (safetensors + config.json + model card) for use without Lightning.
 
     The FINAL weights are exported by default: the validation loss is measured in adaptive mode and
     keeping every token lowers it, so the "best" checkpoint by that loss is usually an untrained
     selector. ``use_best=True`` exports the best checkpoint of the ModelCheckpoint instead. The
-    export's metadata names its source. The folder defaults to ``<log_dir>/selector``.
+    export's metadata names its source, the training cache and the held-out metrics logged at
+    the end of fit (``val/...``; the best checkpoint's own score with ``use_best``). The folder
+    defaults to ``<log_dir>/selector``.
     """
 
     def __init__(self, dirpath: str | None = None, use_best: bool = False) -> None:
@@ -75,14 +77,17 @@ class ExportSelector(L.Callback):
         trainer.strategy.barrier("export_selector")
 
     def _export(self, trainer: L.Trainer, pl_module: L.LightningModule, target: Path) -> None:
-        from token_reduction.training.export import export_selector, selector_from_checkpoint
+        from token_reduction.training.export import datamodule_record, export_selector, held_out_metrics, selector_from_checkpoint
 
         selector = pl_module.selector
         best = getattr(trainer.checkpoint_callback, "best_model_path", "") if self.use_best else ""
         source = "final weights"
+        metrics, note = held_out_metrics(trainer.callback_metrics), f"Logged on the validation split at the end of training (epochs: {trainer.current_epoch})."
         if best and Path(best).exists():
             selector = selector_from_checkpoint(best)
             source = best
+            metrics, note = selector.provenance.get("metrics", {}), selector.provenance.get("metrics_note")
         hparams = dict(getattr(selector, "training_hparams", pl_module.hparams))
-        path = export_selector(selector, target, source=source, hparams=hparams)
+        data = datamodule_record(getattr(trainer, "datamodule", None))
+        path = export_selector(selector, target, source=source, hparams=hparams, data=data, metrics=metrics, metrics_note=note)
         print(f"exported selector ({source}) to {path}")

@@ -55,10 +55,11 @@ def prune_visual_tokens(
 
 
 def load_selector(spec: str | os.PathLike[str], device: str | torch.device = "cpu") -> SelectionMethod:
-    """An exported ``TokenSelector`` folder, or a feature-only method name from the selection registry."""
+    """An exported ``TokenSelector`` folder or Hub repo (``owner/name``), or a feature-only method name from the selection registry."""
+    from token_reduction.models.hub import is_local
     from token_reduction.selection.registry import get_method, required_extras
 
-    if Path(spec).is_dir():
+    if Path(spec).is_dir() or not is_local(spec):
         return get_method("learned", selector=spec, map_location=str(device))
     name = str(spec)
     if os.sep in name or name.endswith(".json"):
