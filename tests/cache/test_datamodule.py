@@ -1,4 +1,4 @@
-"""DataModule: deterministic splits, recorded splits honoured, disjoint equal DDP shares."""
+"""DataModule: deterministic splits, recorded splits honoured, disjoint equal DDP shares, mid-epoch resume."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from torch.utils.data import DataLoader
 
 from synthetic import write_synthetic_cache
 from token_reduction.cache.datamodule import FeatureCacheDataModule, ShardWindowSampler
@@ -52,3 +53,37 @@ def test_sampler_reshuffles_per_epoch_but_is_reproducible() -> None:
     second = list(sampler)
     sampler.set_epoch(0)
     assert list(sampler) == first and second != first and sorted(second) == list(range(16))
+
+
+def test_train_loader_resumes_mid_epoch_with_the_batches_not_yet_seen(synthetic_cache: Path) -> None:
+    """The loader's state (epoch, batches received) makes a new loader continue the epoch in the same order.
+
+    Worker processes are covered through Lightning in tests/training/test_checkpointing.py.
+    """
+
+    def loader() -> DataLoader:
+        train = FeatureCacheDataModule(str(synthetic_cache), batch_size=4).train_dataloader()
+        train.sampler.set_epoch(1)
+        return train
+
+    whole = [batch["index"].tolist() for batch in loader()]
+    interrupted = loader()
+    batches = iter(interrupted)
+    seen = [next(batches)["index"].tolist() for _ in range(3)]
+    state = interrupted.state_dict()
+    assert state == {"epoch": 1, "batches": 3} and seen == whole[:3]
+    resumed = loader()
+    resumed.sampler.set_epoch(0)  # the state, not the sampler it finds, decides the epoch
+    resumed.load_state_dict(state)
+    assert [batch["index"].tolist() for batch in resumed] == whole[3:]
+    assert len(resumed) == len(whole) and resumed.state_dict() == {"epoch": 1, "batches": len(whole)}
+    assert [batch["index"].tolist() for batch in resumed] == whole  # the next pass is whole again
+
+
+def test_sampler_start_skips_within_each_rank_share() -> None:
+    shard_ids = [i // 5 for i in range(24)]
+    for rank in range(2):
+        sampler = ShardWindowSampler(shard_ids, num_replicas=2, rank=rank, seed=3)
+        share = list(sampler)
+        sampler.start = 5
+        assert list(sampler) == share[5:] and list(sampler) == share  # skips once, then whole shares again

@@ -1,4 +1,4 @@
-"""Training behaviour: the sparsity weight controls the keep rate, crashes resume, DDP splits data."""
+"""Training behaviour: the sparsity weight controls the keep rate, DDP splits data."""
 
 from __future__ import annotations
 
@@ -67,26 +67,7 @@ def test_training_improves_on_random_selection(synthetic_cache: Path, tmp_path: 
     assert metrics["val/cosine@25%/learned"] > metrics["val/cosine@25%/random"]
 
 
-class CrashAt(L.Callback):
-    def __init__(self, step: int) -> None:
-        self.step = step
-
-    def on_train_batch_start(self, trainer: L.Trainer, *args) -> None:
-        if trainer.global_step == self.step:
-            raise RuntimeError("simulated crash")
-
-
-def test_crash_mid_epoch_resumes_from_last_checkpoint(synthetic_cache: Path, tmp_path: Path) -> None:
-    data = FeatureCacheDataModule(str(synthetic_cache), batch_size=4)  # ~10 steps per epoch
-    checkpoints = L.pytorch.callbacks.ModelCheckpoint(dirpath=tmp_path / "ckpt", every_n_train_steps=3, save_last=True)
-    trainer = make_trainer(tmp_path, max_epochs=2, callbacks=[checkpoints, CrashAt(7)], limit_val_batches=0)
-    with pytest.raises(RuntimeError, match="simulated crash"):
-        trainer.fit(make_module(data), data)
-    last = tmp_path / "ckpt" / "last.ckpt"
-    assert torch.load(last, weights_only=True)["global_step"] == 6  # mid-epoch, loads without pickled code
-    resumed = make_trainer(tmp_path, max_epochs=2, limit_val_batches=0, enable_checkpointing=False)
-    resumed.fit(make_module(data), data, ckpt_path=last)
-    assert resumed.global_step == 2 * (len(data.split_indices["train"]) // 4)
+# Crash and resume: tests/training/test_checkpointing.py (the resumed run equals the uninterrupted one).
 
 
 def test_ddp_two_cpu_processes_see_disjoint_equal_shares(tmp_path: Path) -> None:

@@ -46,6 +46,10 @@ class ShardWindowSampler(DistributedSampler):
     Subclassing :class:`DistributedSampler` tells Lightning the data is already split per rank
     (it would otherwise wrap it again). Each epoch the shard order is permuted, consecutive windows
     of ``window`` shards are pooled and shuffled, and ranks take every ``world``-th sample.
+
+    ``start`` skips the first samples of this rank's share on the next pass only: a loader resumed
+    mid-epoch sets it, so the samples already trained on are neither repeated nor read. ``len`` stays
+    the whole share, as Lightning counts the resumed epoch's batches from its start.
     """
 
     def __init__(
@@ -64,6 +68,7 @@ class ShardWindowSampler(DistributedSampler):
         self.num_replicas, self.rank = num_replicas, rank
         self.shuffle, self.seed, self.drop_last, self.window = shuffle, seed, drop_last, max(1, window)
         self.epoch = 0
+        self.start = 0
         total = len(self.shard_ids)
         self.num_samples = total // num_replicas if drop_last else -(-total // num_replicas)
         self.total_size = self.num_samples * num_replicas
@@ -88,10 +93,59 @@ class ShardWindowSampler(DistributedSampler):
             repeats = -(-self.total_size // len(order))
             order = order.repeat(repeats)
         order = order[: self.total_size]
-        return iter(order[self.rank : self.total_size : self.num_replicas].tolist())
+        start, self.start = self.start, 0
+        return iter(order[self.rank : self.total_size : self.num_replicas][start:].tolist())
 
     def __len__(self) -> int:
         return self.num_samples
+
+
+class ResumableDataLoader(DataLoader):
+    """A training DataLoader that Lightning can checkpoint and resume mid-epoch.
+
+    Lightning saves ``state_dict()`` of every training loader that has one (it never asks the
+    sampler, so the loader is what must be stateful; having it also silences Lightning's "not
+    resumable" warning). The state is the sampler's epoch and how many batches the main process
+    has received this epoch: Lightning does not prefetch from a loader with a length, so that is
+    what it has trained on, and batches that worker processes read ahead do not count. On resume
+    (see :func:`token_reduction.training.resume.resume_train_loader`) the sampler skips those
+    samples, so the rest of the epoch comes in the same order and nothing is read twice; each DDP
+    rank skips the same count in its own share. ``len`` stays the whole epoch, as Lightning expects.
+    Worker seeds come from the loader's own generator, reseeded per epoch, so making an iterator
+    never draws from the global generator the model's Gumbel noise comes from.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._received = 0  # batches handed to the training loop since the epoch began
+        self._resume: tuple[int, int] | None = None  # (epoch, batches) for the next iterator, from load_state_dict
+
+    def __iter__(self) -> Iterator[Any]:  # type: ignore[override]
+        epoch, self._received = self._resume or (None, 0)
+        self._resume = None
+        sampler = self.sampler
+        if isinstance(sampler, ShardWindowSampler) and self.batch_size is not None:
+            if epoch is not None:
+                sampler.set_epoch(epoch)
+            sampler.start = self._received * self.batch_size
+        else:  # a sampler Lightning substituted (e.g. for overfit_batches) cannot skip: start over
+            self._received = 0
+        if self.generator is not None:
+            self.generator.manual_seed(getattr(sampler, "seed", 0) * 1_000_003 + getattr(sampler, "epoch", 0))
+        return self._count(super().__iter__())
+
+    def _count(self, batches: Iterator[Any]) -> Iterator[Any]:
+        for batch in batches:
+            self._received += 1
+            yield batch
+
+    def state_dict(self) -> dict[str, int]:
+        """Where this epoch stands; Lightning keeps it in the checkpoint's loop state."""
+        return {"epoch": int(getattr(self.sampler, "epoch", 0)), "batches": self._received}
+
+    def load_state_dict(self, state_dict: dict[str, int]) -> None:
+        """The next iterator continues epoch ``epoch`` after its first ``batches`` batches."""
+        self._resume = (int(state_dict["epoch"]), int(state_dict["batches"]))
 
 
 def split_of(record: dict[str, Any], val_fraction: float, test_fraction: float, seed: int) -> str:
@@ -126,7 +180,7 @@ class FeatureCacheDataModule(L.LightningDataModule):
         split_seed: int = 0,
         shuffle_seed: int = 0,
         shuffle_window: int = 8,
-        verify: str = "size",
+        verify: str = "checksum",
         statistics_samples: int = 1024,
         max_train_samples: int | None = None,
         pin_memory: bool = False,
@@ -199,7 +253,9 @@ class FeatureCacheDataModule(L.LightningDataModule):
             window=self.hparams.shuffle_window,
         )
         workers = self.hparams.num_workers
-        return DataLoader(
+        # Training resumes mid-epoch exactly (see ResumableDataLoader); evaluation always runs whole.
+        loader_class = ResumableDataLoader if split == "train" else DataLoader
+        return loader_class(
             dataset,
             batch_size=self.hparams.batch_size,
             sampler=sampler,
@@ -207,6 +263,8 @@ class FeatureCacheDataModule(L.LightningDataModule):
             drop_last=shuffle and len(indices) // world >= self.hparams.batch_size,
             persistent_workers=workers > 0,
             pin_memory=self.hparams.pin_memory,
+            # Iterators draw their worker seed from this, not from the global generator the model's noise uses.
+            generator=torch.Generator().manual_seed(self.hparams.shuffle_seed),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -13,6 +13,7 @@ from typing import Any, TypeVar
 
 import lightning as L
 import torch
+from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
@@ -29,6 +30,7 @@ from token_reduction.models import FeatureReconstructor, MaskedSequence, TokenSe
 from token_reduction.models.selector import gumbel_keep_mask, gumbel_topk_mask
 from token_reduction.selection.base import budgets_per_image, top_k_mask, valid_counts
 from token_reduction.selection.random_selection import random_keep_mask
+from token_reduction.training.resume import collect_rng_states, restore_rng_states, resume_train_loader
 
 
 
@@ -166,6 +168,7 @@ class TokenReductionModule(L.LightningModule):
         self.mask_embedding = MaskedSequence(dim)
         self.reconstructor = FeatureReconstructor(dim, reconstructor)
         self.register_buffer("statistics_ready", torch.tensor(False))
+        self._rng_states_to_restore: dict[str, Any] | None = None  # from a checkpoint, applied in on_train_start
         self.eval_metrics = torch.nn.ModuleDict(
             {stage: MetricCollection(self._comparison_metrics()) for stage in ("val", "test")}
         )
@@ -197,7 +200,7 @@ class TokenReductionModule(L.LightningModule):
         self.statistics_ready.fill_(True)
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
-        """Refuse a checkpoint trained for other features, naming the file and the field."""
+        """Refuse a checkpoint trained for other features, naming the file and the field; keep its RNG states."""
         saved = checkpoint.get("hyper_parameters", {})
         source = getattr(self._trainer, "ckpt_path", None) if self._trainer is not None else None
         expected = (("dim", self.hparams.dim), ("grid", list(self.hparams.grid)), ("feature_source", self.hparams.feature_source))
@@ -208,6 +211,19 @@ class TokenReductionModule(L.LightningModule):
                     f"checkpoint {source or '(given)'}: field '{key}' is {value} but the data has {current}; "
                     "it was trained on features of another encoder or layer"
                 )
+        fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
+        self._rng_states_to_restore = checkpoint.get("rng_states") if fitting else None  # not for validate/test
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Save the generators' states: a resumed run then draws the same Gumbel noise as an uninterrupted one."""
+        checkpoint["rng_states"] = collect_rng_states(self.device)
+
+    def on_train_start(self) -> None:
+        """On resume, continue the epoch's data where it stopped and restore the generators (see ``resume``)."""
+        resume_train_loader(self.trainer)
+        if self._rng_states_to_restore is not None:
+            restore_rng_states(self._rng_states_to_restore, self.device)
+            self._rng_states_to_restore = None
 
     # ------------------------------------------------------------------------------ training
     def temperature(self) -> float:
