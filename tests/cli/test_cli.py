@@ -74,10 +74,10 @@ def test_checkpoint_for_other_features_is_refused(synthetic_cache: Path, tmp_pat
     first = lightning_main(["fit", *run_args(synthetic_cache, tmp_path / "a", "--trainer.max_epochs", "1")])
     last = Path(first.trainer.log_dir) / "checkpoints" / "last.ckpt"
     other = write_synthetic_cache(tmp_path / "other", dim=24)
-    with pytest.raises(ValueError, match=r"last.ckpt: field 'dim' is 16 but the data has 24"):
+    with pytest.raises(ValueError, match=r"last.ckpt: hyper_parameters.dim: is 16 but the data has 24"):
         lightning_main(["fit", *run_args(other, tmp_path / "b", "--trainer.max_epochs", "2"), "--ckpt_path", str(last)])
     same_shape = write_synthetic_cache(tmp_path / "same_shape", encoder="other-encoder")
-    with pytest.raises(ValueError, match=r"field 'feature_source' is synthetic@layerNone but the data has other-encoder@layerNone"):
+    with pytest.raises(ValueError, match=r"hyper_parameters.feature_source: is synthetic@layerNone but the data has other-encoder@layerNone"):
         lightning_main(["fit", *run_args(same_shape, tmp_path / "c", "--trainer.max_epochs", "2"), "--ckpt_path", str(last)])
 
 

@@ -17,6 +17,7 @@ from lightning.pytorch.trainer.states import TrainerFn
 from torch import Tensor
 from torchmetrics import MeanMetric, MetricCollection
 
+from token_reduction.errors import CheckpointError
 from token_reduction.evaluation.metrics import TEXT_COVERAGE_THRESHOLD
 from token_reduction.training.losses import (
     LossConfig,
@@ -207,9 +208,10 @@ class TokenReductionModule(L.LightningModule):
         for key, current in expected:
             value = saved.get(key)
             if value is not None and current is not None and (list(value) if key == "grid" else value) != current:
-                raise ValueError(
-                    f"checkpoint {source or '(given)'}: field '{key}' is {value} but the data has {current}; "
-                    "it was trained on features of another encoder or layer"
+                raise CheckpointError(
+                    source or "checkpoint", f"hyper_parameters.{key}",
+                    f"is {value} but the data has {current}; it was trained on features of another encoder or layer: "
+                    "use the cache (--data.cache_dir) it was trained on",
                 )
         fitting = self._trainer is not None and self._trainer.state.fn == TrainerFn.FITTING
         self._rng_states_to_restore = checkpoint.get("rng_states") if fitting else None  # not for validate/test
