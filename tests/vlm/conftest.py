@@ -106,7 +106,6 @@ def onevision_processor_class() -> type:
 def build_onevision(padding_side: str = "left", vision_aspect_ratio: str = "anyres_max_9", seed: int = 0) -> Bundle:
     """LLaVA-OneVision: SigLIP tower ('full' strategy, last layer) + Qwen2 LLM."""
     from transformers import LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2Config, SiglipVisionConfig
-    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
 
     tokenizer = tiny_tokenizer(padding_side)
     torch.manual_seed(seed)
@@ -121,12 +120,18 @@ def build_onevision(padding_side: str = "left", vision_aspect_ratio: str = "anyr
         vision_aspect_ratio=vision_aspect_ratio,
     )
     model = LlavaOnevisionForConditionalGeneration(config).eval()
+    return Bundle(model, onevision_processor(padding_side, vision_aspect_ratio))
+
+
+def onevision_processor(padding_side: str = "left", vision_aspect_ratio: str = "anyres_max_9", strategy: str = "full") -> Any:
+    """The tiny OneVision processor; ``strategy="default"`` expands one token fewer per crop (no CLS to drop)."""
+    from transformers.models.llava_onevision.image_processing_pil_llava_onevision import LlavaOnevisionImageProcessorPil
+
     images = LlavaOnevisionImageProcessorPil(size={"height": CROP, "width": CROP}, image_grid_pinpoints=PINPOINTS)
-    processor = onevision_processor_class()(
-        image_processor=images, tokenizer=tokenizer, num_image_tokens=(CROP // PATCH) ** 2,
-        vision_feature_select_strategy="full", vision_aspect_ratio=vision_aspect_ratio,
+    return onevision_processor_class()(
+        image_processor=images, tokenizer=tiny_tokenizer(padding_side), num_image_tokens=(CROP // PATCH) ** 2,
+        vision_feature_select_strategy=strategy, vision_aspect_ratio=vision_aspect_ratio,
     )  # fmt: skip
-    return Bundle(model, processor)
 
 
 def random_image(height: int, width: int, seed: int) -> Image.Image:
@@ -182,6 +187,12 @@ def make_next() -> Callable[..., Bundle]:
 def make_onevision() -> Callable[..., Bundle]:
     """Factory for OneVision bundles with non-default settings (e.g. ``vision_aspect_ratio``)."""
     return build_onevision
+
+
+@pytest.fixture()
+def make_onevision_processor() -> Callable[..., Any]:
+    """Factory for tiny OneVision processors (``padding_side``, ``vision_aspect_ratio``, ``strategy``)."""
+    return onevision_processor
 
 
 @pytest.fixture()

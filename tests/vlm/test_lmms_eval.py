@@ -47,6 +47,28 @@ def test_model_args_are_parsed_from_strings(saved_models):
         TokenReductionLlava(pretrained=str(saved_models["next"]), selector="random", keep="0.5", kepp="0.1")
 
 
+def test_the_checkpoints_model_type_picks_the_registered_wrapper(saved_models, monkeypatch):
+    from token_reduction.vlm import families
+    from token_reduction.vlm.llava_next import PrunedLlavaNext
+
+    class Marked(PrunedLlavaNext):
+        pass
+
+    monkeypatch.setattr(families, "_loaders", {"llava_next": lambda: Marked})
+    lmm = TokenReductionLlava(pretrained=str(saved_models["next"]), selector="random", keep="0.5", device="cpu")
+    assert type(lmm.pruned) is Marked
+
+
+def test_an_unsupported_checkpoint_is_one_line_before_any_weights_load(tmp_path, saved_models):
+    from transformers import LlamaConfig
+
+    from token_reduction.errors import UserError
+
+    LlamaConfig(hidden_size=8, num_hidden_layers=1, num_attention_heads=2, vocab_size=16).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match=r"model_type='llama'.*supported model types: .*llava_next"):
+        TokenReductionLlava(pretrained=str(tmp_path), selector="random", keep="0.5", device="cpu")
+
+
 def test_loglikelihood_is_clearly_unsupported(lmm):
     with pytest.raises(NotImplementedError, match="generate_until"):
         lmm.loglikelihood([request("what is in the image ?", 0)])

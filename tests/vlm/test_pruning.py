@@ -261,3 +261,31 @@ def test_text_only_calls_pass_through(next_bundle):
     pruned = prune_visual_tokens(next_bundle.model, KeepFirst(), keep=0.5)
     with torch.no_grad():
         torch.testing.assert_close(pruned(**ids).logits, next_bundle.model(**ids).logits)
+
+
+class Recorder(KeepFirst):
+    """KeepFirst that remembers what it was shown."""
+
+    def __init__(self):
+        self.calls = []
+
+    def select(self, features, keep=None, **kwargs) -> TokenSelection:
+        self.calls.append((features.clone(), kwargs.get("padding_mask"), kwargs.get("grid")))
+        return super().select(features, keep, **kwargs)
+
+
+@pytest.mark.parametrize("family", ["next", "onevision"])
+def test_selector_features_are_exactly_what_the_selector_is_shown(family, request, images):
+    bundle = bundle_for(family, request)
+    inputs = bundle.inputs(images, PROMPTS)
+    recorder = Recorder()
+    pruned = prune_visual_tokens(bundle.model, recorder, keep=0.5)
+    pruned.prepare(**inputs, vision_feature_layer=-2)
+    (shown, padding, grid), = recorder.calls
+    with torch.no_grad():
+        features = pruned.selector_features(**inputs, vision_feature_layer=-2)
+    assert len(features) == shown.shape[0] == sum(crops_per_image(pruned, inputs))  # one per crop
+    assert all(torch.equal(mine, theirs) for mine, theirs in zip(features, shown))
+    valid = pruned.selector_valid(**inputs)
+    assert torch.equal(torch.stack(valid), ~padding) and not bool(padding[0].any())  # base crops: all valid
+    assert pruned.selector_grids(**inputs) == [grid] * len(features) and grid == (4, 4)

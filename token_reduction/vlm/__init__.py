@@ -1,4 +1,4 @@
-"""Feed LLaVA-NeXT / LLaVA-OneVision fewer visual tokens, chosen by any selection method.
+"""Feed a Hugging Face VLM fewer visual tokens, chosen by any selection method.
 
 Three lines::
 
@@ -6,8 +6,10 @@ Three lines::
     out = pruned.generate(**processor(images=image, text=prompt, return_tensors="pt"), max_new_tokens=64)
     print(pruned.last.tokens_before, pruned.last.tokens_after)
 
-See :mod:`token_reduction.vlm.common` for the pipeline, :mod:`~token_reduction.vlm.llava_next` and
-:mod:`~token_reduction.vlm.llava_onevision` for what happens to each family's image layout.
+See :mod:`token_reduction.vlm.common` for the pipeline, :mod:`token_reduction.vlm.families` for
+which wrapper serves which ``model_type``, and each family's module (e.g.
+:mod:`~token_reduction.vlm.llava_next`, :mod:`~token_reduction.vlm.llava_onevision`) for what
+happens to its image layout.
 """
 
 from __future__ import annotations
@@ -19,9 +21,8 @@ from typing import Any
 import torch
 
 from token_reduction.vlm.common import PrunedImage, PrunedInputs, PrunedLlava
+from token_reduction.vlm.families import register_family, supported, wrapper_for
 from token_reduction.selection.base import Budget, SelectionMethod
-
-SUPPORTED = ("llava_next", "llava_onevision")
 
 
 def prune_visual_tokens(
@@ -35,7 +36,8 @@ def prune_visual_tokens(
     """Wrap ``model`` so its images go through ``selector`` before the projector.
 
     Args:
-        model: a ``LlavaNextForConditionalGeneration`` or ``LlavaOnevisionForConditionalGeneration``.
+        model: any model whose ``config.model_type`` is registered in :mod:`token_reduction.vlm.families`
+            (``supported()`` lists them); anything else is a one-line ``UserError``.
         selector: any :class:`SelectionMethod` (a trained ``TokenSelector`` or a baseline).
         keep: default budget per crop: ``None`` (adaptive: the selector decides, e.g. by
             ``threshold``), an int count or a float fraction in (0, 1].
@@ -44,13 +46,7 @@ def prune_visual_tokens(
             the incoming attention mask and falls back to ``"left"`` (what ``generate`` needs).
     Both defaults can be overridden per call: ``pruned.generate(**inputs, keep=0.25)``.
     """
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
-    if model_type == "llava_next":
-        from token_reduction.vlm.llava_next import PrunedLlavaNext as wrapper
-    elif model_type == "llava_onevision":
-        from token_reduction.vlm.llava_onevision import PrunedLlavaOnevision as wrapper
-    else:
-        raise ValueError(f"cannot prune visual tokens of model type {model_type!r}; supported: {', '.join(SUPPORTED)}")
+    wrapper = wrapper_for(model)
     return wrapper(model, selector, keep=keep, threshold=threshold, padding_side=padding_side)
 
 
@@ -82,14 +78,19 @@ def load_pruned_llava(
 ) -> tuple[PrunedLlava, Any]:
     """Model + processor from a folder or hub id, wrapped with ``selector``; for the CLI and lmms-eval.
 
+    The family comes from the checkpoint's config (``model_type``, looked up in
+    :mod:`token_reduction.vlm.families`): an unsupported checkpoint is a one-line ``UserError``
+    before any weights load. The model loads through ``AutoModelForImageTextToText``, the
+    processor through ``AutoProcessor`` (see :func:`~token_reduction.vlm.video.load_processor`).
     ``dtype="auto"`` means bfloat16 on CUDA and float32 elsewhere. The tokenizer pads on the left,
     as batched generation needs. ``temporal`` and ``temporal_options`` set how videos are pruned
     (see :func:`token_reduction.vlm.video.prune_video_tokens`).
     """
-    from transformers import AutoModelForImageTextToText
+    from transformers import AutoConfig, AutoModelForImageTextToText
 
     from token_reduction.vlm.video import load_processor, prune_video_tokens
 
+    wrapper_for(AutoConfig.from_pretrained(pretrained), where=str(pretrained))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     if dtype == "auto":
         dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
@@ -136,4 +137,7 @@ __all__ = [
     "load_selector",
     "parse_keep",
     "prune_visual_tokens",
+    "register_family",
+    "supported",
+    "wrapper_for",
 ]

@@ -13,8 +13,9 @@ The pipeline for one call is the same for LLaVA-NeXT and LLaVA-OneVision:
    ``forward`` and ``generate`` both accept (``generate`` uses it for the prefill step only).
 
 Nothing in the wrapped model is patched. This module holds what does not depend on the family:
-calling the selector, rebuilding the token sequence and the :class:`PrunedLlava` wrapper.
-``next.py`` encodes images over LLaVA-NeXT's AnyRes geometry; ``onevision.py`` adds OneVision's
+calling the selector and the :class:`PrunedLlava` wrapper; :mod:`token_reduction.vlm.sequence`
+rebuilds the token sequence (its names are re-exported here).
+``llava_next.py`` encodes images over LLaVA-NeXT's AnyRes geometry; ``llava_onevision.py`` adds OneVision's
 differences, including videos (frames pruned on the pooled grid the LLM reads, per frame or across
 frames; see :mod:`token_reduction.vlm.video`). Videos follow the same steps with their own
 ``<video>`` placeholders and ``mm_encoder_outputs["video"]``.
@@ -23,14 +24,23 @@ frames; see :mod:`token_reduction.vlm.video`). Videos follow the same steps with
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 from torch import Tensor, nn
-from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from token_reduction.selection.base import Budget, SelectionMethod, resolve_budget
+from token_reduction.vlm.sequence import (  # noqa: F401  (re-exported: families import them from here)
+    PrunedImage,
+    PrunedInputs,
+    PrunedVideo,
+    drop_placeholders,
+    encoder_outputs,
+    infer_padding_side,
+    mark_dropped,
+    placeholder_slots,
+    shorten_placeholders,
+)
 
 UNSET: Any = object()
 """Sentinel for per-call arguments: "use the value given to :func:`prune_visual_tokens`"."""
@@ -113,183 +123,6 @@ def run_selector(
     return mask, features
 
 
-# ------------------------------------------------------------------------------ the LLM sequence
-@dataclass
-class PrunedImage:
-    """What one image contributes to the LLM: ``features`` ``(after, D)`` replacing ``before`` placeholders."""
-
-    features: Tensor
-    before: int
-
-    @property
-    def after(self) -> int:
-        return int(self.features.shape[0])
-
-
-@dataclass
-class PrunedVideo(PrunedImage):
-    """What one video contributes: its frames' kept tokens then its trailing newline(s).
-
-    ``frames_before``/``frames_after`` count each frame's visual tokens without and with pruning;
-    ``before``/``after`` add the ``newlines`` the model appends after the last frame.
-    """
-
-    frames_before: list[int] = field(default_factory=list)
-    frames_after: list[int] = field(default_factory=list)
-    newlines: int = 1
-    temporal: bool = False
-
-
-@dataclass
-class PrunedInputs:
-    """Model inputs after pruning, plus per-image token counts for reporting."""
-
-    input_ids: Tensor
-    attention_mask: Tensor
-    images: list[PrunedImage]
-    position_ids: Tensor | None = None
-    labels: Tensor | None = None
-    mm_encoder_outputs: dict[str, Any] = field(default_factory=dict)
-    videos: list[PrunedVideo] = field(default_factory=list)
-
-    @property
-    def tokens_before(self) -> list[int]:
-        """Visual positions per *image* without pruning (videos: :attr:`video_tokens_before`)."""
-        return [image.before for image in self.images]
-
-    @property
-    def tokens_after(self) -> list[int]:
-        return [image.after for image in self.images]
-
-    @property
-    def video_tokens_before(self) -> list[int]:
-        """Visual positions per video without pruning (every frame plus the trailing newline)."""
-        return [video.before for video in self.videos]
-
-    @property
-    def video_tokens_after(self) -> list[int]:
-        return [video.after for video in self.videos]
-
-    def model_kwargs(self) -> dict[str, Any]:
-        kwargs = {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "mm_encoder_outputs": self.mm_encoder_outputs}
-        optional = {"position_ids": self.position_ids, "labels": self.labels}
-        return kwargs | {name: value for name, value in optional.items() if value is not None}
-
-
-def infer_padding_side(attention_mask: Tensor, default: str) -> str:
-    """``"left"`` or ``"right"`` as the tokenizer padded this batch; ``default`` when nothing is padded."""
-    padded = ~attention_mask.bool()
-    if bool(padded[:, 0].any()):
-        return "left"
-    if bool(padded[:, -1].any()):
-        return "right"
-    return default
-
-
-def drop_placeholders(
-    input_ids: Tensor, real: Tensor, keep: Tensor, token_id: int, items: list[PrunedImage], what: str = "image"
-) -> None:
-    """Clear ``keep`` on the placeholders of ``token_id`` that ``items`` (in reading order) dropped.
-
-    Each item's run keeps its first ``after`` placeholders; the tokens are scattered in order, so
-    which placeholders of a run survive does not matter, only how many.
-    """
-    item = 0
-    for row in range(input_ids.shape[0]):
-        slots = ((input_ids[row] == token_id) & real[row]).nonzero().squeeze(1).tolist()
-        start = 0
-        while start < len(slots):
-            if item >= len(items):
-                raise ValueError(f"input_ids hold more <{what}> placeholders than the {len(items)} {what}s need")
-            before, after = items[item].before, items[item].after
-            if start + before > len(slots):
-                raise ValueError(
-                    f"{what} {item} needs {before} placeholders but row {row} has only {len(slots) - start} left; "
-                    "was the prompt expanded by a processor configured for this model?"
-                )
-            keep[row, slots[start + after : start + before]] = False
-            start, item = start + before, item + 1
-    if item != len(items):
-        raise ValueError(f"{len(items)} {what}s were encoded but input_ids hold placeholders for {item}")
-
-
-def shorten_placeholders(
-    input_ids: Tensor,
-    attention_mask: Tensor | None,
-    image_token_id: int,
-    images: list[PrunedImage],
-    *,
-    pad_token_id: int,
-    padding_side: str | None = None,
-    position_ids: Tensor | None = None,
-    labels: Tensor | None = None,
-    videos: list[PrunedVideo] | None = None,
-    video_token_id: int | None = None,
-) -> PrunedInputs:
-    """Cut each image's (and video's) placeholder run to its kept length and re-pad the batch.
-
-    Images are matched to placeholders in reading order, as ``masked_scatter`` does; videos are
-    matched to ``video_token_id`` placeholders the same way. Caller-given ``position_ids`` keep
-    their values for surviving tokens minus the number of tokens dropped before them, so positions
-    stay contiguous; without them, positions are rebuilt from the new attention mask when the batch
-    is padded (the rule ``generate`` uses).
-    """
-    if attention_mask is None:
-        attention_mask = torch.ones_like(input_ids)
-    side = padding_side or infer_padding_side(attention_mask, "left")
-    if side not in ("left", "right"):
-        raise ValueError(f"padding_side must be 'left' or 'right', got {side!r}")
-    videos = list(videos or [])
-    real = attention_mask.bool()
-    keep = real.clone()
-    drop_placeholders(input_ids, real, keep, image_token_id, images, "image")
-    if videos or video_token_id is not None:
-        if video_token_id is None:
-            raise ValueError("videos were encoded but no video_token_id was given")
-        drop_placeholders(input_ids, real, keep, video_token_id, videos, "video")
-    lengths = keep.sum(dim=1)
-    width = int(lengths.max())
-    arange = torch.arange(width, device=input_ids.device)
-    offset = (width - lengths)[:, None] if side == "left" else torch.zeros_like(lengths)[:, None]
-    new_mask = (arange[None] >= offset) & (arange[None] < offset + lengths[:, None])
-
-    def rebuild(values: Tensor, fill: int) -> Tensor:
-        out = values.new_full((values.shape[0], width), fill)
-        out[new_mask] = values[keep]
-        return out
-
-    new_positions = None
-    if position_ids is not None:
-        dropped_before = (real & ~keep).long().cumsum(dim=1)
-        new_positions = rebuild(position_ids - dropped_before, 0)
-    elif not bool(new_mask.all()):
-        new_positions = (new_mask.long().cumsum(dim=1) - 1).masked_fill(~new_mask, 0)
-    return PrunedInputs(
-        input_ids=rebuild(input_ids, pad_token_id),
-        attention_mask=new_mask.to(attention_mask.dtype),
-        images=images,
-        position_ids=new_positions,
-        labels=rebuild(labels, -100) if labels is not None else None,
-        mm_encoder_outputs=encoder_outputs(images, videos),
-        videos=videos,
-    )
-
-
-def encoder_outputs(images: list[PrunedImage], videos: list[PrunedVideo]) -> dict[str, Any]:
-    """``mm_encoder_outputs`` for the model: images as a list (one tensor each), videos concatenated.
-
-    The model concatenates image tensors and flattens the video output's first two dims before
-    scattering them into the placeholders, so one ``(1, sum(after), D)`` tensor serves any number
-    of videos with different kept counts.
-    """
-    outputs: dict[str, Any] = {}
-    if images:
-        outputs["image"] = BaseModelOutputWithPooling(pooler_output=[i.features for i in images])
-    if videos:
-        outputs["video"] = BaseModelOutputWithPooling(pooler_output=torch.cat([v.features for v in videos])[None])
-    return outputs
-
-
 # ---------------------------------------------------------------------------------- the wrapper
 class PrunedLlava:
     """A LLaVA model whose visual context passes through a token selector before the projector.
@@ -299,9 +132,13 @@ class PrunedLlava:
     itself is left untouched. ``last`` holds the :class:`PrunedInputs` of the latest call, whose
     ``tokens_before``/``tokens_after`` say how many visual positions each image had and kept
     (``videos`` hold the same per video and per frame).
-    Subclasses implement :meth:`encode_images` for their family (see ``next.py``, ``onevision.py``)
-    and, for families with video input, :meth:`encode_videos` (``temporal=`` picks per-frame or
-    across-frame selection, per wrapper or per call).
+    Subclasses implement :meth:`encode_images` for their family (see ``llava_next.py``,
+    ``llava_onevision.py``) and, for families with video input, :meth:`encode_videos` (``temporal=``
+    picks per-frame or across-frame selection, per wrapper or per call).
+
+    Hooks for families (class attributes, all optional): :attr:`family_kwargs`,
+    :attr:`video_kwargs`, :attr:`vision_kwargs`, :attr:`generate_only_kwargs`,
+    :attr:`token_kwargs`; and :meth:`record_encoder_output` from inside :meth:`encode_images`.
     """
 
     family = "llava"
@@ -309,6 +146,16 @@ class PrunedLlava:
     """Processor outputs that only the image encoding reads (e.g. OneVision's ``batch_num_images``)."""
     video_kwargs: tuple[str, ...] = ()
     """Processor outputs that carry videos, pruned by :meth:`encode_videos` (OneVision: ``pixel_values_videos``)."""
+    vision_kwargs: tuple[str, ...] = ()
+    """Per-call vision options the unpatched model honours (NeXT: ``vision_feature_layer``,
+    ``vision_feature_select_strategy``). Split from the call and passed by name to both
+    :meth:`encode_images` and :meth:`encode_videos`; ``None`` values are dropped (config default)."""
+    generate_only_kwargs: tuple[str, ...] = ()
+    """Of :attr:`vision_kwargs`, those the model's ``forward`` ignores while its ``generate`` honours
+    them (OneVision's ``vision_aspect_ratio`` in transformers 5): a forward call hands them to the
+    model untouched instead of encoding with them, so both calls match the unpatched model."""
+    token_kwargs: tuple[str, ...] = ("shift_labels", "token_type_ids", "mm_token_type_ids")
+    """Per-token ``(B, L)`` inputs that are compacted with ``input_ids`` when given."""
 
     def __init__(
         self,
@@ -340,6 +187,7 @@ class PrunedLlava:
         if isinstance(selector, nn.Module):
             selector.to(self.device).eval()
         self.last: PrunedInputs | None = None
+        self._fields: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------------------ properties
     @property
@@ -353,8 +201,22 @@ class PrunedLlava:
     @property
     def feature_dim(self) -> int:
         """Dim of the features the projector reads (selected layers concatenated)."""
-        layer = self.config.vision_feature_layer
+        return self.feature_dim_for(self.config.vision_feature_layer)
+
+    def feature_dim_for(self, layer: int | list[int]) -> int:
+        """Dim of the features ``vision_feature_layer=layer`` gives (one layer, or several concatenated)."""
         return self.config.vision_config.hidden_size * (1 if isinstance(layer, int) else len(layer))
+
+    def feature_options(
+        self, vision_feature_layer: int | list[int] | None = None, vision_feature_select_strategy: str | None = None
+    ) -> tuple[int | list[int], str]:
+        """The layer and strategy of this call (config defaults for ``None``), checked against the selector."""
+        layer = self.config.vision_feature_layer if vision_feature_layer is None else vision_feature_layer
+        strategy = vision_feature_select_strategy or self.config.vision_feature_select_strategy
+        if strategy not in ("default", "full"):
+            raise ValueError(f"vision_feature_select_strategy must be 'default' or 'full', got {strategy!r}")
+        check_selector(self.selector, self.feature_dim_for(layer), f"the {self.family} vision tower (vision_feature_layer={layer})")
+        return layer, strategy
 
     # ------------------------------------------------------------------------------ family hook
     def encode_images(
@@ -374,9 +236,23 @@ class PrunedLlava:
     def encode_other_modalities(self, kwargs: dict[str, Any], encoder_outputs: dict[str, Any]) -> None:
         """Forward-only hook: encode non-image inputs the model cannot take next to ``mm_encoder_outputs``."""
 
+    def record_encoder_output(self, modality: str, output: Any) -> None:
+        """Keep the vision tower's own outputs of this call for the ``image_outputs``/``video_outputs`` the model returns.
+
+        ``last_hidden_state``, ``hidden_states`` and ``attentions`` of ``output`` (the tower's, for
+        every crop, as the unpatched model returns them); ``pooler_output`` stays the kept tokens.
+        """
+        names = ("last_hidden_state", "hidden_states", "attentions")
+        self._fields[modality] = {name: getattr(output, name, None) for name in names}
+
+    def embed_token(self, token_id: int) -> Tensor:
+        """The input embedding of ``token_id``: how the model finds placeholders in ``inputs_embeds``."""
+        embeddings = self.model.get_input_embeddings()
+        return embeddings(torch.full((), token_id, dtype=torch.long, device=embeddings.weight.device))
+
     def prepare(
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None,
         pixel_values: Tensor | None = None,
         image_sizes: Tensor | None = None,
         attention_mask: Tensor | None = None,
@@ -387,19 +263,27 @@ class PrunedLlava:
         threshold: float | None = UNSET,
         temporal: bool = UNSET,
         padding_side: str | None = None,
+        inputs_embeds: Tensor | None = None,
+        extra: dict[str, Tensor] | None = None,
         **family: Any,
     ) -> PrunedInputs:
-        """Encode and prune the images and videos, then shorten the text to match (no LLM call)."""
-        if input_ids is None:
-            raise ValueError("pruning needs input_ids (to find the <image> placeholders), not inputs_embeds")
+        """Encode and prune the images and videos, then shorten the text to match (no LLM call).
+
+        ``inputs_embeds`` (with or without ``input_ids``) are shortened alike; ``extra`` holds other
+        per-token tensors (``shift_labels``, token types) to compact with the tokens.
+        """
+        if input_ids is None and inputs_embeds is None:
+            raise ValueError("pass input_ids or inputs_embeds: they hold the <image> placeholders to shorten")
         keep = self.keep if keep is UNSET else validate_keep(keep)
         threshold = self.threshold if threshold is UNSET else threshold
         temporal = self.temporal if temporal is UNSET else bool(temporal)
         video = {name: family.pop(name) for name in self.video_kwargs if name in family}
+        options = {name: value for name in self.vision_kwargs if (value := family.pop(name, None)) is not None}
         if pixel_values is None and not self.has_videos(video):
             raise ValueError("nothing to prune: pass pixel_values (images) or video pixels")
-        images = self.encode_images(pixel_values, image_sizes, keep, threshold, **family) if pixel_values is not None else []
-        videos = self.encode_videos(keep, threshold, temporal, **video) if self.has_videos(video) else []
+        self._fields = {}
+        images = self.encode_images(pixel_values, image_sizes, keep, threshold, **family, **options) if pixel_values is not None else []
+        videos = self.encode_videos(keep, threshold, temporal, **video, **options) if self.has_videos(video) else []
         prepared = shorten_placeholders(
             input_ids,
             attention_mask,
@@ -411,6 +295,10 @@ class PrunedLlava:
             labels=labels,
             videos=videos,
             video_token_id=getattr(self.config, "video_token_id", None) if videos else None,
+            inputs_embeds=inputs_embeds,
+            embed=self.embed_token if inputs_embeds is not None else None,
+            extra=extra,
+            fields=self._fields,
         )
         self.last = prepared
         return prepared
@@ -423,7 +311,35 @@ class PrunedLlava:
         return next((int(c) for c in found if c is not None), 0)
 
     def _split(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {name: kwargs.pop(name) for name in self.family_kwargs + self.video_kwargs if name in kwargs}
+        names = self.family_kwargs + self.video_kwargs + self.vision_kwargs
+        return {name: kwargs.pop(name) for name in names if name in kwargs}
+
+    def _token_inputs(self, kwargs: dict[str, Any], labels: bool) -> dict[str, Any]:
+        """Per-token inputs popped from ``kwargs`` for :meth:`prepare` (new keywords only when given)."""
+        inputs: dict[str, Any] = {"position_ids": kwargs.pop("position_ids", None)}
+        if labels:
+            inputs["labels"] = kwargs.pop("labels", None)
+        if kwargs.get("inputs_embeds") is not None:
+            inputs["inputs_embeds"] = kwargs.pop("inputs_embeds")
+        extra = {name: kwargs.pop(name) for name in self.token_kwargs if kwargs.get(name) is not None}
+        if extra:
+            inputs["extra"] = extra
+        return inputs
+
+    def generate_inputs(self, prepared: PrunedInputs, positions_given: bool) -> dict[str, Any]:
+        """``model.generate`` keywords for ``prepared``.
+
+        No labels; positions only when the caller gave some (``generate`` derives them from the
+        mask otherwise, exactly as for the unpatched model); a shallow copy of each encoder output,
+        since ``generate`` replaces ``pooler_output`` in place when it repeats rows for beams.
+        """
+        kwargs = prepared.model_kwargs()
+        kwargs.pop("labels", None)
+        kwargs.pop("shift_labels", None)
+        if not positions_given:
+            kwargs.pop("position_ids", None)
+        kwargs["mm_encoder_outputs"] = {name: type(out)(**out) for name, out in prepared.mm_encoder_outputs.items()}
+        return kwargs
 
     # ------------------------------------------------------------------------------------ calls
     def __call__(
@@ -440,13 +356,14 @@ class PrunedLlava:
     ) -> Any:
         """The model's forward on the pruned sequence (plain pass-through without images or videos)."""
         family = self._split(kwargs)
+        kwargs.update({name: family.pop(name) for name in self.generate_only_kwargs if name in family})
         if pixel_values is None and not self.has_videos(family):
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, image_sizes=image_sizes, **kwargs)
-        positions, labels = kwargs.pop("position_ids", None), kwargs.pop("labels", None)
+            given = {name: value for name, value in family.items() if value is not None}
+            return self.model(input_ids=input_ids, attention_mask=attention_mask, image_sizes=image_sizes, **given, **kwargs)
+        inputs = self._token_inputs(kwargs, labels=True)
         prepared = self.prepare(
-            input_ids, pixel_values, image_sizes, attention_mask,
-            position_ids=positions, labels=labels, keep=keep, threshold=threshold, temporal=temporal, **family,
-        )  # fmt: skip
+            input_ids, pixel_values, image_sizes, attention_mask, keep=keep, threshold=threshold, temporal=temporal, **inputs, **family
+        )
         self.encode_other_modalities(kwargs, prepared.mm_encoder_outputs)
         return self.model(**prepared.model_kwargs(), **kwargs)
 
@@ -467,17 +384,16 @@ class PrunedLlava:
     ) -> Any:
         """``model.generate`` on the pruned prompt; returned ids start with the *shortened* prompt.
 
-        Slice new tokens with ``out[:, pruned.last.input_ids.shape[1]:]``.
+        Slice new tokens with ``out[:, pruned.last.input_ids.shape[1]:]`` (with ``inputs_embeds``
+        and no ``input_ids``, ``generate`` returns only the new tokens, as for the unpatched model).
         """
         family = self._split(kwargs)
         if pixel_values is None and not self.has_videos(family):
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **kwargs)
+            given = {name: value for name, value in family.items() if value is not None}
+            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **given, **kwargs)
+        inputs = self._token_inputs(kwargs, labels=False)
+        positions_given = inputs["position_ids"] is not None
         prepared = self.prepare(
-            input_ids, pixel_values, image_sizes, attention_mask, keep=keep, threshold=threshold, temporal=temporal, **family
+            input_ids, pixel_values, image_sizes, attention_mask, keep=keep, threshold=threshold, temporal=temporal, **inputs, **family
         )
-        return self.model.generate(
-            input_ids=prepared.input_ids,
-            attention_mask=prepared.attention_mask,
-            mm_encoder_outputs=prepared.mm_encoder_outputs,
-            **kwargs,
-        )
+        return self.model.generate(**self.generate_inputs(prepared, positions_given), **kwargs)

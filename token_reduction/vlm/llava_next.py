@@ -122,6 +122,7 @@ class PrunedLlavaNext(PrunedLlava):
     """:class:`PrunedLlava` for ``LlavaNextForConditionalGeneration``."""
 
     family = "llava_next"
+    vision_kwargs = ("vision_feature_layer", "vision_feature_select_strategy")
 
     def anyres_layout(self, image_size: list[int], num_crops: int) -> CropLayout:
         """Layout of one image cut into ``num_crops`` crops (base first), as the model packs it."""
@@ -141,36 +142,104 @@ class PrunedLlavaNext(PrunedLlava):
         sizes = [size.tolist() if isinstance(size, Tensor) else list(size) for size in image_sizes]
         return [self.anyres_layout(size, image_size_to_num_patches(size, pinpoints, crop)) for size in sizes]
 
-    def vision_features(self, pixel_values: Tensor, num_crops: list[int]) -> Tensor:
-        """``(sum(num_crops), N, D)`` selected-layer features after the select strategy."""
+    def vision_features(
+        self,
+        pixel_values: Tensor,
+        num_crops: list[int],
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        modality: str = "image",
+    ) -> Tensor:
+        """``(sum(num_crops), N, D)`` selected-layer features after the select strategy.
+
+        Layer and strategy default to the config's, as in the model; the tower's own outputs are
+        recorded for the call's ``image_outputs`` (or ``video_outputs``).
+        """
         if pixel_values.dim() == 5:
             pixel_values = torch.cat([pixels[:n] for pixels, n in zip(pixel_values, num_crops)])
         elif pixel_values.dim() != 4:
             raise ValueError(f"pixel_values must have 4 or 5 dims, got shape {tuple(pixel_values.shape)}")
         if pixel_values.shape[0] != sum(num_crops):
             raise ValueError(f"pixel_values hold {pixel_values.shape[0]} crops but image_sizes imply {sum(num_crops)}")
-        layer = self.config.vision_feature_layer
+        layer, strategy = self.feature_options(vision_feature_layer, vision_feature_select_strategy)
         out = self.inner.vision_tower(pixel_values, output_hidden_states=layer, return_dict=True)
+        self.record_encoder_output(modality, out)
         if isinstance(layer, int):
             features = out.hidden_states[layer]
         else:
             features = torch.cat([out.hidden_states[i] for i in layer], dim=-1)
-        if self.config.vision_feature_select_strategy == "default":
+        if strategy == "default":
             features = features[:, 1:]
         return features
 
-    def encode_images(
-        self, pixel_values: Tensor, image_sizes: Tensor, keep: Budget | None, threshold: float | None, **family: Any
-    ) -> list[PrunedImage]:
-        """Vision tower -> selector -> projector on kept tokens -> the model's per-image layout."""
+    def selector_view(
+        self,
+        pixel_values: Tensor,
+        image_sizes: Tensor,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **family: Any,
+    ) -> tuple[list[CropLayout], Tensor, Tensor, tuple[int, int] | None]:
+        """What the selector is shown: layouts, features ``(crops, N, D)``, valid mask ``(crops, N)``, token grid."""
         layouts = self.layouts(image_sizes, **family)
-        features = self.vision_features(pixel_values, [layout.num_crops for layout in layouts])
+        num_crops = [layout.num_crops for layout in layouts]
+        features = self.vision_features(pixel_values, num_crops, vision_feature_layer, vision_feature_select_strategy)
         vision = self.config.vision_config
         num_tokens, side = features.shape[1], vision.image_size // vision.patch_size
         if num_tokens != side * side and any(layout.tiles for layout in layouts):
             raise ValueError(f"AnyRes tiles need a {side}x{side} token grid per crop, the tower gives {num_tokens} tokens")
         valid = torch.cat([layout.valid_mask(num_tokens, features.device) for layout in layouts])
-        grid = (side, side) if num_tokens == side * side else None
+        return layouts, features, valid, (side, side) if num_tokens == side * side else None
+
+    def _view_kwargs(self, processor_outputs: dict[str, Any]) -> dict[str, Any]:
+        names = self.family_kwargs + self.vision_kwargs
+        return {name: value for name, value in processor_outputs.items() if name in names and value is not None}
+
+    @torch.no_grad()
+    def selector_features(self, pixel_values: Tensor, image_sizes: Tensor, **processor_outputs: Any) -> list[Tensor]:
+        """One ``(N, D)`` tensor per *crop* (each image's base crop, then its AnyRes tiles), as the selector sees it.
+
+        The crop is the selector's unit here (each gets its own budget); tokens that unpadding
+        discards are shown as padding (:meth:`selector_valid`). Other processor outputs are ignored.
+        """
+        _, features, _, _ = self.selector_view(pixel_values, image_sizes, **self._view_kwargs(processor_outputs))
+        return list(features)
+
+    @torch.no_grad()
+    def selector_valid(self, pixel_values: Tensor, image_sizes: Tensor, **processor_outputs: Any) -> list[Tensor]:
+        """Per crop of :meth:`selector_features`, ``(N,)`` True on tokens the LLM would read (False: ``padding_mask``)."""
+        _, _, valid, _ = self.selector_view(pixel_values, image_sizes, **self._view_kwargs(processor_outputs))
+        return list(valid)
+
+    def selector_grids(self, pixel_values: Tensor, image_sizes: Tensor, **processor_outputs: Any) -> list[tuple[int, int] | None]:
+        """The token grid of each crop in :meth:`selector_features` (``None`` when a CLS token is kept)."""
+        family = self._view_kwargs(processor_outputs)
+        layer = family.get("vision_feature_layer", self.config.vision_feature_layer)
+        strategy = family.get("vision_feature_select_strategy", self.config.vision_feature_select_strategy)
+        vision = self.config.vision_config
+        side = vision.image_size // vision.patch_size
+        layouts = self.layouts(image_sizes, **{k: v for k, v in family.items() if k not in ("vision_feature_layer", "vision_feature_select_strategy")})
+        crops = sum(layout.num_crops for layout in layouts)
+        num_tokens = self.vision_features(pixel_values.flatten(0, -4)[:1], [1], layer, strategy).shape[1] if crops else 0
+        return [(side, side) if num_tokens == side * side else None] * crops
+
+    def encode_images(
+        self,
+        pixel_values: Tensor,
+        image_sizes: Tensor,
+        keep: Budget | None,
+        threshold: float | None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        **family: Any,
+    ) -> list[PrunedImage]:
+        """Vision tower -> selector -> projector on kept tokens -> the model's per-image layout.
+
+        ``vision_feature_layer``/``vision_feature_select_strategy`` of the call win over the config's.
+        """
+        options = (vision_feature_layer, vision_feature_select_strategy)
+        layouts, features, valid, grid = self.selector_view(pixel_values, image_sizes, *options, **family)
+        num_tokens = features.shape[1]
         keep_mask, features = run_selector(self.selector, features, valid, keep, threshold, grid)
         images, start = [], 0
         for layout in layouts:

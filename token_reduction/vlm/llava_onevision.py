@@ -72,14 +72,20 @@ class PrunedLlavaOnevision(PrunedLlavaNext):
     family = "llava_onevision"
     family_kwargs = ("batch_num_images",)
     video_kwargs = ("pixel_values_videos", "image_sizes_videos")
+    vision_kwargs = ("vision_feature_layer", "vision_feature_select_strategy", "vision_aspect_ratio")
+    generate_only_kwargs = ("vision_aspect_ratio",)
+    """transformers 5's OneVision ``forward`` does not pass ``vision_aspect_ratio`` to its image
+    encoder (the config's applies), its ``generate`` does: the wrapper follows both."""
 
-    def layouts(self, image_sizes: Tensor, batch_num_images: Any = None, **family: Any) -> list[CropLayout]:
+    def layouts(
+        self, image_sizes: Tensor, batch_num_images: Any = None, vision_aspect_ratio: str | None = None, **family: Any
+    ) -> list[CropLayout]:
         """NeXT's layout, without tiles for multi-image samples, with ``anyres_max`` downscaling.
 
-        The limit comes from ``config.vision_aspect_ratio``, as in the model's own forward.
+        The limit comes from ``vision_aspect_ratio`` (default ``config.vision_aspect_ratio``).
         """
         pinpoints, crop = self.config.image_grid_pinpoints, self.config.vision_config.image_size
-        limit = max_tiles(self.config.vision_aspect_ratio)
+        limit = max_tiles(vision_aspect_ratio or self.config.vision_aspect_ratio)
         sizes = [size.tolist() if isinstance(size, Tensor) else list(size) for size in image_sizes]
         if batch_num_images is None:
             tiled = [True] * len(sizes)
@@ -107,16 +113,21 @@ class PrunedLlavaOnevision(PrunedLlavaNext):
         temporal: bool,
         pixel_values_videos: Tensor | None = None,
         image_sizes_videos: Any = None,
+        vision_feature_layer: int | list[int] | None = None,
+        vision_feature_select_strategy: str | None = None,
+        vision_aspect_ratio: str | None = None,
     ) -> list[PrunedVideo]:
         """Frames -> tower -> (pooled features -> selector, projector -> pooling) -> kept tokens per video.
 
-        ``image_sizes_videos`` is accepted and ignored, as by the model (frames are resized whole).
+        ``image_sizes_videos`` and ``vision_aspect_ratio`` are accepted and ignored, as by the
+        model (frames are resized whole); the layer and strategy of the call apply, as in the model.
         """
         videos = pixel_values_videos
         if videos is None or videos.dim() != 5:
             raise ValueError(f"pixel_values_videos must have shape (batch, frames, 3, H, W), got {None if videos is None else tuple(videos.shape)}")
         batch, frames = videos.shape[:2]
-        features = self.vision_features(videos.flatten(0, 1), [1] * (batch * frames))
+        options = (vision_feature_layer, vision_feature_select_strategy)
+        features = self.vision_features(videos.flatten(0, 1), [1] * (batch * frames), *options, modality="video")
         vision = self.config.vision_config
         side = vision.image_size // vision.patch_size
         if features.shape[1] != side * side:

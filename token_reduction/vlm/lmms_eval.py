@@ -1,4 +1,7 @@
-"""lmms-eval model ``token_reduction``: a LLaVA-NeXT / OneVision whose images are pruned first.
+"""lmms-eval model ``token_reduction``: any supported VLM whose images are pruned first.
+
+Every family registered in :mod:`token_reduction.vlm.families` works (the checkpoint's
+``model_type`` picks the wrapper, see :func:`~token_reduction.vlm.load_pruned_llava`).
 
 lmms-eval is optional. :class:`TokenReductionLlava` follows lmms-eval's "simple" model API
 (``generate_until`` over requests whose ``args`` are ``(context, gen_kwargs, doc_to_visual,
@@ -34,7 +37,8 @@ class TokenReductionLlava:
     """Generation-only lmms-eval model: ``generate_until`` with pruned visual tokens.
 
     Args (all strings when they come from ``--model_args``):
-        pretrained: LLaVA-NeXT / LLaVA-OneVision folder or hub id.
+        pretrained: folder or hub id of a checkpoint whose ``model_type`` is registered in
+            :mod:`token_reduction.vlm.families` (``token_reduction.vlm.supported()``).
         selector: exported ``TokenSelector`` folder, or a method name (``random``, ``pooling``, ...).
         keep: budget per crop: fraction ``0.5``, count ``64``, or ``none`` for adaptive.
         threshold: keep-probability threshold for adaptive selectors.

@@ -219,14 +219,26 @@ def image_only_processor(processor_class: type) -> type:
     return ImageOnlyProcessor
 
 
+def processor_class_for(model_type: str) -> type:
+    """transformers' processor class for ``model_type`` (e.g. ``LlavaOnevisionProcessor``)."""
+    import transformers
+    from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
+    name = PROCESSOR_MAPPING_NAMES.get(model_type)
+    if not isinstance(name, str) or not hasattr(transformers, name):
+        raise ValueError(f"cannot build a processor for model type {model_type!r}: transformers maps it to no processor class")
+    return getattr(transformers, name)
+
+
 def load_processor(pretrained: str | os.PathLike[str]) -> Any:
     """The model's processor; rebuilt from tokenizer + image processor when it cannot be loaded whole.
 
-    ``AutoProcessor`` fails for LLaVA-OneVision without torchvision (its video processor needs
-    it), and falls back to a bare tokenizer for folders saved by an unregistered processor class.
-    Then the processor is assembled from ``AutoTokenizer``, ``AutoImageProcessor`` and the
-    settings in ``processor_config.json``, without a video processor (videos then use
-    :func:`frames_to_pixels`). The tokenizer pads on the left, as batched generation needs.
+    ``AutoProcessor`` fails for VLMs with a video processor without torchvision (LLaVA-OneVision,
+    Qwen-VL...), and falls back to a bare tokenizer for folders saved by an unregistered processor
+    class. Then the model type's processor class (transformers' processor mapping) is assembled
+    from ``AutoTokenizer``, ``AutoImageProcessor`` and the settings in ``processor_config.json``,
+    without a video processor (videos then use :func:`frames_to_pixels`). The tokenizer pads on
+    the left, as batched generation needs.
     """
     import inspect
 
@@ -239,13 +251,7 @@ def load_processor(pretrained: str | os.PathLike[str]) -> Any:
         if "torchvision" not in str(err).lower():
             raise
     if processor is None or not hasattr(processor, "image_processor"):
-        model_type = AutoConfig.from_pretrained(pretrained).model_type
-        if model_type == "llava_onevision":
-            from transformers import LlavaOnevisionProcessor as base
-        elif model_type == "llava_next":
-            from transformers import LlavaNextProcessor as base
-        else:
-            raise ValueError(f"cannot build a processor for model type {model_type!r}")
+        base = processor_class_for(AutoConfig.from_pretrained(pretrained).model_type)
         tokenizer = AutoTokenizer.from_pretrained(pretrained)
         image_processor = AutoImageProcessor.from_pretrained(pretrained)
         accepted = set(inspect.signature(base.__init__).parameters) - {"self", "image_processor", "tokenizer", "video_processor"}
@@ -260,6 +266,7 @@ __all__ = [
     "build_video_prompt",
     "frames_to_pixels",
     "load_processor",
+    "processor_class_for",
     "pack_video",
     "pooled_grid",
     "prune_video_tokens",
