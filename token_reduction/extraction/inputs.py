@@ -255,7 +255,8 @@ class PreparedImage:
     """All crops of one image, ready for the encoder (``error`` set instead when it failed)."""
 
     rel: str
-    pixels: Tensor | None = None
+    pixels: Tensor | dict[str, Tensor] | None = None
+    """Normalised crops ``(n, 3, H, W)``, or a VLM processor's outputs for the image (``render_views``)."""
     samples: list[dict[str, Any]] = field(default_factory=list)
     text: Tensor | None = None
     error: str | None = None
@@ -297,10 +298,14 @@ class ImageDataset(Dataset):
 
     def _prepare(self, rel: str, image: Image.Image, sidecar: dict[str, Any] | None) -> PreparedImage:
         size = (image.height, image.width)
-        views = self.views(size)
-        plans = [view.ops + tuple(self.transform.geometry(output_size(size, view.ops))) for view in views]
-        render = ViewRenderer(image, lambda im, ops: render_image(im, ops, self.transform.resample))
-        pixels = self.transform([render(view.ops) for view in views])
+        if hasattr(self.transform, "render_views"):  # a VLM's own processor cuts the crops (encoders/vlm.py)
+            pixels, views = self.transform.render_views(image)
+            plans = [view.ops for view in views]
+        else:
+            views = self.views(size)
+            plans = [view.ops + tuple(self.transform.geometry(output_size(size, view.ops))) for view in views]
+            render = ViewRenderer(image, lambda im, ops: render_image(im, ops, self.transform.resample))
+            pixels = self.transform([render(view.ops) for view in views])
         meta = {k: sidecar[k] for k in SIDECAR_FIELDS if sidecar and k in sidecar}
         samples = []
         for view, plan in zip(views, plans):

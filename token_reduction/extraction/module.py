@@ -58,7 +58,12 @@ class EncoderModule(L.LightningModule):
 
     def predict_step(self, batch: list[PreparedImage], batch_idx: int = 0) -> list[EncodedImage]:
         ready = [item for item in batch if item.error is None]
-        merged = self.encode_crops(torch.cat([item.pixels for item in ready])) if ready else {}
+        if not ready:
+            merged: dict[str, Tensor] = {}
+        elif hasattr(self.encoder, "encode_inputs"):  # per-image processor outputs (VLM checkpoints): the encoder batches them
+            merged = self.encoder.encode_inputs([item.pixels for item in ready], [len(item.samples) for item in ready], self.batch_size)
+        else:
+            merged = self.encode_crops(torch.cat([item.pixels for item in ready]))
         results, offset = [], 0
         for item in batch:
             if item.error is not None:

@@ -85,10 +85,11 @@ def _quiet_trainer_setup() -> Iterator[None]:
         log.setLevel(level)
 
 
-def _images_per_batch(batch_size: int, pinpoints: list | None, tile: tuple[int, int]) -> int:
-    """Images per predict step, so one step encodes about ``batch_size`` crops (AnyRes: base + the most tiles)."""
+def _images_per_batch(batch_size: int, pinpoints: list | None, tile: tuple[int, int], max_crops: int = 1) -> int:
+    """Images per predict step, so one step encodes about ``batch_size`` crops (AnyRes: base + the most tiles;
+    a VLM's processor: the most crops it cuts, ``max_crops``)."""
     if not pinpoints:
-        return batch_size
+        return max(1, batch_size // max_crops)
     crops = 1 + max((h // tile[0]) * (w // tile[1]) for h, w in pinpoints)
     return max(1, batch_size // crops)
 
@@ -148,6 +149,8 @@ def extract(
     else:
         home = encoder.device  # Lightning leaves the module on the CPU when done; the caller's encoder goes back
     points = None
+    if anyres and hasattr(encoder, "encode_inputs"):
+        raise ValueError(f"{encoder.name}: --anyres: this VLM's own processor cuts its crops; drop --anyres")
     if anyres:
         if isinstance(pinpoints, str):
             pinpoints = parse_pinpoints(pinpoints)
@@ -164,7 +167,8 @@ def extract(
         return existing  # nothing to do: no processes to start
     datamodule = ImageDataModule(
         inputs, encoder.transform, encoder.patch_size, points, text,
-        images_per_batch=_images_per_batch(batch_size, points, encoder.image_size), num_workers=num_workers, output=output,
+        images_per_batch=_images_per_batch(batch_size, points, encoder.image_size, getattr(encoder.transform, "max_crops", 1)),
+        num_workers=num_workers, output=output,
     )
     writer = CacheShardWriter(output, names, progress=progress)
     options: dict[str, Any] = dict(
@@ -206,6 +210,8 @@ def _template(encoder: Encoder, storage: torch.dtype, root: Path | str, images: 
     }
     if hasattr(encoder, "layer_index"):
         info.update(layer_index=encoder.layer_index, num_layers=encoder.num_layers, cls_dropped=encoder.drop_cls)
+    if hasattr(encoder, "describe"):  # VLM checkpoints: family, model_type, canvas, how the features were taken
+        info.update(encoder.describe())
     return Manifest(
         encoder=encoder.name,
         layer=encoder.layer,
