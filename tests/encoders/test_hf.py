@@ -214,3 +214,23 @@ def test_local_folder_without_weights_names_the_problem(tmp_path: Path, tiny_cli
     (tmp_path / "config.json").write_bytes((tiny_clip / "config.json").read_bytes())
     with pytest.raises(ValueError, match=r"could not load '.*': (?!no local folder)"):
         load_encoder(str(tmp_path))
+
+
+def test_a_tower_unpickled_in_a_new_process_still_returns_its_hidden_states(tiny_clip: Path, tmp_path: Path) -> None:
+    """What ``ddp_spawn`` does to the encoder: pickle it into a fresh interpreter, where transformers 5
+    has not registered the tower's output recording (``hidden_states`` would come back ``None``)."""
+    import pickle
+    import subprocess
+    import sys
+
+    encoder = load_encoder(str(tiny_clip))
+    pixels = torch.rand(1, 3, *encoder.image_size)
+    (tmp_path / "encoder.pkl").write_bytes(pickle.dumps((encoder, pixels)))
+    script = (
+        "import pickle, sys, torch; encoder, pixels = pickle.loads(open(sys.argv[1], 'rb').read());"
+        "torch.save(encoder.encode(pixels)['features'], sys.argv[2])"
+    )
+    done = subprocess.run([sys.executable, "-c", script, str(tmp_path / "encoder.pkl"), str(tmp_path / "out.pt")],
+                          capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert torch.allclose(torch.load(tmp_path / "out.pt"), encoder.encode(pixels)["features"], atol=1e-5)  # other thread count

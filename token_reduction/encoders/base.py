@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Sequence
+from typing import Any, Sequence
 
 import numpy as np
 import torch
@@ -114,6 +114,19 @@ class Encoder(nn.Module, ABC):
         self.layer = layer
         self.attention = attention
         self.default_pinpoints = default_pinpoints
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        """Unpickled (``ddp_spawn``, DataLoader workers): re-register what transformers 5 records per
+        module at ``__init__`` (``_can_record_outputs``); without it ``output_hidden_states`` silently
+        returns ``None`` in the new process."""
+        super().__setstate__(state)
+        try:
+            from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
+        except ImportError:  # older transformers record outputs without a registry
+            return
+        for module in self.modules():
+            if hasattr(module, "_can_record_outputs"):
+                _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
 
     @property
     def image_size(self) -> Size:

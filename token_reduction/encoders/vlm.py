@@ -297,18 +297,6 @@ class VLMEncoder(Encoder):
         self.name = name if transform.canvas is None else f"{name}@{transform.canvas[0]}x{transform.canvas[1]}"
         self.name += f" [{model_type}: {self.spec.tag}]"
 
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        """Unpickled (``ddp_spawn``): re-register what transformers 5 records per model class at ``__init__``
-        (``_can_record_outputs``), or ``output_hidden_states`` silently returns ``None`` in the new process."""
-        super().__setstate__(state)
-        try:
-            from transformers.utils.output_capturing import _CAN_RECORD_REGISTRY
-        except ImportError:  # older transformers: nothing to restore
-            return
-        for module in self.model.modules():
-            if hasattr(module, "_can_record_outputs"):
-                _CAN_RECORD_REGISTRY[module] = module._can_record_outputs
-
     @property
     def image_size(self) -> Size:
         return self.transform.image_size
