@@ -19,7 +19,7 @@ PROG = "token-reduction extract"
 
 def add_extract_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """The ``extract`` command's options (shared by the CLI entry point and :func:`extract_main`)."""
-    parser.add_argument("--encoder", required=True, help="pixels:P[@S|@HxW], or a CLIP/SigLIP/LLaVA hub id or local folder")
+    parser.add_argument("--encoder", required=True, help="pixels:P[@S|@HxW]; a CLIP/SigLIP/LLaVA hub id or local folder; or a local VLM checkpoint folder PATH[@S|@HxW] of any supported family (Qwen, InternVL, Idefics3/SmolVLM, Gemma, Mistral3, ...)")
     parser.add_argument("--images", required=True, help="a folder (searched recursively), a glob, or a text file with one image path per line (relative to that file); local or an fsspec URL (s3://, gs://, ...)")
     parser.add_argument("--out", required=True, help="cache folder to create, or to resume; local or an fsspec URL (on several nodes: a shared folder or a bucket)")
     parser.add_argument("--layer", type=int, default=None, help="hidden_states index (default: CLIP -2, SigLIP -1, LLaVA checkpoint: its own)")
