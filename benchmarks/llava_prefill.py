@@ -1,4 +1,4 @@
-"""What pruning buys at inference: LLM prefill time and memory of LLaVA-OneVision vs keep ratio.
+"""What pruning buys at inference: LLM prefill time and memory of a VLM vs keep ratio (LLaVA-OneVision by default).
 
 Builds LLaVA-OneVision with real-size shapes and random weights (SigLIP so400m-patch14-384 tower,
 a Qwen2-0.5B-sized LLM; no download), feeds it one image (384x384: base crop + one AnyRes tile,
@@ -15,8 +15,16 @@ CPUs) shrinks *depth only* (``--scale``, default 1/8 of the layers); widths, tok
 selector stay real, so prefill ratios keep their meaning but absolute times do not, and the
 selector overhead is also reported extrapolated to the full-depth tower.
 
+``--family`` measures another family the same way (its smallest checkpoint's shapes, one image:
+``qwen2_5_vl``, ``internvl``, ``gemma3``; see ``benchmarks/prefill_families.py``), each into
+``results/prefill_<family>.json``; ``--family all`` runs every one and ends with a table of the
+prefill speed-up of each family at every keep. The selector then reads what that family's wrapper
+shows it (``selector_features``: merged / shuffled / pooled tokens) and "vision" is the time to
+produce those.
+
     python benchmarks/llava_prefill.py --device cuda            # full size, bf16
     python benchmarks/llava_prefill.py --quick --device cpu     # about a minute on a laptop
+    python benchmarks/llava_prefill.py --quick --family all     # every family, ratios side by side
 """
 
 from __future__ import annotations
@@ -37,10 +45,18 @@ from token_reduction.vlm import prune_visual_tokens
 from token_reduction.vlm.common import run_selector
 from token_reduction.models.backbone import TrunkConfig
 from token_reduction.models.selector import TokenSelector
+from token_reduction.selection.registry import get_method
+
+try:  # a package module (the suite, tests) or a script next to it
+    from benchmarks import prefill_families as families
+except ImportError:  # pragma: no cover - `python benchmarks/llava_prefill.py` without the repo on sys.path
+    import prefill_families as families  # type: ignore[no-redef]
 
 KEEPS = (1.0, 0.5, 0.25, 0.1)
 RESULTS = Path(__file__).resolve().parent / "results" / "llava_prefill.json"
 IMAGE_TOKEN, VIDEO_TOKEN = 151646, 151647
+DEFAULT_FAMILY = "llava_onevision"
+FAMILIES = (DEFAULT_FAMILY, *families.BUILDERS)
 
 
 @dataclass
@@ -63,6 +79,13 @@ class Shapes:
     def scaled(self, scale: float) -> "Shapes":
         depth = dict(vision_layers=max(1, round(self.vision_layers * scale)), llm_layers=max(1, round(self.llm_layers * scale)))
         return Shapes(**(asdict(self) | depth))
+
+    @classmethod
+    def of(cls, family: str) -> "Shapes":
+        """Real-size shapes of ``family`` (LLaVA-OneVision-0.5B's, or :data:`prefill_families.SHAPES`)."""
+        if family not in FAMILIES:
+            raise ValueError(f"--family must be one of {', '.join(FAMILIES)} (or all), got {family!r}")
+        return cls() if family == DEFAULT_FAMILY else cls(**families.SHAPES[family])
 
 
 def build_model(shapes: Shapes, device: torch.device, dtype: torch.dtype) -> Any:
@@ -140,10 +163,20 @@ def make_inputs(pruned: Any, image_size: tuple[int, int], device: torch.device, 
     }
 
 
+def selector_call(pruned: Any, inputs: dict[str, torch.Tensor]) -> Callable[[], Any]:
+    """One selector pass over what ``pruned`` shows it (``selector_features``), crops of one grid batched."""
+    groups: dict[tuple[Any, ...], list[torch.Tensor]] = {}
+    for features, grid in zip(pruned.selector_features(**inputs), pruned.selector_grids(**inputs)):
+        groups.setdefault((tuple(grid), features.shape[0]), []).append(features)
+    batches = [(torch.stack(crops), grid) for (grid, _), crops in groups.items()]
+    return lambda: [run_selector(pruned.selector, f, torch.ones(f.shape[:2], dtype=torch.bool), 0.5, None, g) for f, g in batches]
+
+
 def run(
     quick: bool = True,
     device: str = "cpu",
     *,
+    family: str = DEFAULT_FAMILY,
     scale: float | None = None,
     anyres: bool = False,
     image_size: tuple[int, int] | None = None,
@@ -155,43 +188,60 @@ def run(
 ) -> dict[str, Any]:
     """Measure everything once and return (and write, unless ``output`` is None) the results.
 
-    ``shapes`` replaces the real-size shapes (tests use tiny ones); ``scale`` then still applies.
+    ``shapes`` replaces ``family``'s real-size shapes (tests use tiny ones); ``scale`` then still
+    applies. ``output`` left at :data:`RESULTS` means ``results/prefill_<family>.json`` for a
+    family other than LLaVA-OneVision. ``anyres``/``image_size`` are LLaVA-OneVision's only.
     """
     torch.manual_seed(0)
     dev = torch.device(device)
     dtype = torch.bfloat16 if dev.type == "cuda" else torch.float32
     scale = scale if scale is not None else (0.125 if quick else 1.0)
     repeats = repeats or (2 if quick else 10)
-    reference = shapes or Shapes()
+    reference = shapes or Shapes.of(family)
     shapes = reference.scaled(scale)
+    onevision = family == DEFAULT_FAMILY
+    if not onevision and (anyres or image_size):
+        raise ValueError(f"--anyres/--image-size: LLaVA-OneVision only; {family} measures one crop of Shapes.image pixels")
     started = time.perf_counter()
-    model = build_model(shapes, dev, dtype)
+    if onevision:
+        model, dim = build_model(shapes, dev, dtype), shapes.vision_hidden
+    else:
+        build, make = families.BUILDERS[family]
+        model = build(shapes, dev, dtype)
+        dim = prune_visual_tokens(model, get_method("random")).feature_dim  # what the family's wrapper shows a selector
     build_s = time.perf_counter() - started
-    pruned = prune_visual_tokens(model, load_or_make_selector(selector, selector_width, shapes.vision_hidden))
-    side = 2 * shapes.image if anyres else shapes.image
-    image_size = image_size or (side, side)
-    inputs = make_inputs(pruned, image_size, dev, dtype)
-    (layout,) = pruned.layouts(inputs["image_sizes"])
+    pruned = prune_visual_tokens(model, load_or_make_selector(selector, selector_width, dim))
 
     with torch.inference_mode():
-        features = pruned.vision_features(inputs["pixel_values"], [layout.num_crops])
-        valid = layout.valid_mask(features.shape[1], features.device)
-        grid = shapes.image // shapes.patch
-        vision_s = seconds(lambda: pruned.vision_features(inputs["pixel_values"], [layout.num_crops]), repeats)
-        selector_s = seconds(lambda: run_selector(pruned.selector, features, valid, 0.5, None, (grid, grid)), repeats)
+        if onevision:
+            side = 2 * shapes.image if anyres else shapes.image
+            inputs = make_inputs(pruned, image_size or (side, side), dev, dtype)
+            (layout,) = pruned.layouts(inputs["image_sizes"])
+            crops, size, fixed = layout.num_crops, inputs["image_sizes"][0].tolist(), {}
+            features = pruned.vision_features(inputs["pixel_values"], [layout.num_crops])
+            valid = layout.valid_mask(features.shape[1], features.device)
+            grid = shapes.image // shapes.patch
+            vision = lambda: pruned.vision_features(inputs["pixel_values"], [layout.num_crops])  # noqa: E731
+            select = lambda: run_selector(pruned.selector, features, valid, 0.5, None, (grid, grid))  # noqa: E731
+        else:
+            inputs = make(shapes, dev, dtype)
+            crops, size, fixed = len(pruned.selector_grids(**inputs)), [shapes.image, shapes.image], families.fixed_positions(model, inputs)
+            vision, select = (lambda: pruned.selector_features(**inputs)), selector_call(pruned, inputs)
+        vision_s = seconds(vision, repeats)
+        selector_s = seconds(select, repeats)
         baseline_s = seconds(lambda: model(**inputs, logits_to_keep=1), repeats)
         rows = []
         for keep in KEEPS:
-            prepared = pruned.prepare(**inputs, keep=keep)
+            prepared = pruned.prepare(**inputs, **fixed, keep=keep)
             kwargs = prepared.model_kwargs() | {"logits_to_keep": 1, "use_cache": True}
             prefill = lambda kwargs=kwargs: model(**kwargs)  # noqa: E731
             prefill_s = seconds(prefill, repeats)
             # Vision + selector + projector: already warm, and nearly constant across keeps.
-            encode_s = seconds(lambda keep=keep: pruned.prepare(**inputs, keep=keep), 1 if quick else repeats, warmup=False)
+            encode_s = seconds(lambda keep=keep: pruned.prepare(**inputs, **fixed, keep=keep), 1 if quick else repeats, warmup=False)
             rows.append(
                 {
                     "keep": keep,
-                    "visual_tokens": prepared.tokens_after[0],
+                    "visual_tokens": sum(prepared.tokens_after),
                     "llm_tokens": int(prepared.attention_mask.sum()),
                     "prefill_s": prefill_s,
                     "prefill_peak_mib": peak_bytes(prefill, dev) / 2**20,
@@ -207,6 +257,7 @@ def run(
     full_depth_vision_s = vision_s * reference.vision_layers / shapes.vision_layers
     results = {
         "benchmark": "llava_prefill",
+        "family": family,
         "quick": quick,
         "note": (
             f"QUICK MODE: depth reduced to {shapes.vision_layers}/{reference.vision_layers} vision and "
@@ -220,8 +271,8 @@ def run(
         "threads": torch.get_num_threads(),
         "shapes": asdict(shapes),
         "selector": pruned.selector.config() | {"params": sum(p.numel() for p in pruned.selector.parameters())},
-        "image_size": inputs["image_sizes"][0].tolist(),
-        "crops": layout.num_crops,
+        "image_size": size,
+        "crops": crops,
         "visual_tokens_unpruned": full["visual_tokens"],
         "repeats": repeats,
         "build_s": build_s,
@@ -233,15 +284,30 @@ def run(
         "keeps": rows,
     }
     if output is not None:
+        output = RESULTS.with_name(f"prefill_{family}.json") if Path(output) == RESULTS and not onevision else output
         Path(output).parent.mkdir(parents=True, exist_ok=True)
         Path(output).write_text(json.dumps(results, indent=2))
     return results
 
 
+def title(family: str) -> str:
+    return "LLaVA-OneVision" if family == DEFAULT_FAMILY else families.TITLES.get(family, family)
+
+
+def summary(all_results: list[dict[str, Any]]) -> str:
+    """Prefill speed-up vs keep 1.0 of every family measured, one row each."""
+    keeps = [row["keep"] for row in all_results[0]["keeps"]]
+    lines = ["| family | visual tokens | " + " | ".join(f"keep {k:g}" for k in keeps) + " |", "|---|---:|" + "---:|" * len(keeps)]
+    for results in all_results:
+        speedups = " | ".join(f"{row['prefill_speedup']:.2f}x" for row in results["keeps"])
+        lines.append(f"| {title(results['family'])} | {results['visual_tokens_unpruned']} | {speedups} |")
+    return "\n".join(lines)
+
+
 def markdown(results: dict[str, Any]) -> str:
     """The ratios table (speed-up vs keep 1.0, memory ratio, time to first token) plus overheads."""
     lines = [
-        f"LLaVA-OneVision prefill, {results['device']} ({results['dtype']}), image {results['image_size']} "
+        f"{title(results.get('family', DEFAULT_FAMILY))} prefill, {results['device']} ({results['dtype']}), image {results['image_size']} "
         f"({results['crops']} crops, {results['visual_tokens_unpruned']} visual tokens). {results['note']}.",
         "",
         "| keep | visual tokens | LLM tokens | prefill (ms) | prefill speed-up | peak prefill mem (MiB) | mem ratio "
@@ -277,14 +343,25 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--selector", default=None, help="exported selector folder (default: random, paper-sized)")
     parser.add_argument("--selector-width", type=int, default=None, help="width of the random selector (default: feature dim)")
     parser.add_argument("--repeats", type=int, default=None)
-    parser.add_argument("--output", default=str(RESULTS))
+    parser.add_argument("--family", nargs="+", default=[DEFAULT_FAMILY], choices=[*FAMILIES, "all"], help="model families to measure")
+    parser.add_argument("--output", default=None, help="results file (default: results/llava_prefill.json, prefill_<family>.json)")
     args = parser.parse_args(argv)
-    results = run(
-        args.quick, args.device, scale=args.scale, anyres=args.anyres, image_size=tuple(args.image_size) if args.image_size else None,
-        selector=args.selector, selector_width=args.selector_width, repeats=args.repeats, output=args.output,
-    )  # fmt: skip
-    print(markdown(results))
-    print(f"\nwrote {args.output}")
+    names = list(FAMILIES) if "all" in args.family else list(dict.fromkeys(args.family))
+    if args.output and len(names) > 1:
+        parser.error("--output names one file; measure one --family at a time with it")
+    measured = []
+    for family in names:
+        output = args.output or (RESULTS if family == DEFAULT_FAMILY else RESULTS.with_name(f"prefill_{family}.json"))
+        results = run(
+            args.quick, args.device, family=family, scale=args.scale, anyres=args.anyres, selector=args.selector,
+            image_size=tuple(args.image_size) if args.image_size else None, selector_width=args.selector_width,
+            repeats=args.repeats, output=output,
+        )  # fmt: skip
+        measured.append(results)
+        print(markdown(results))
+        print(f"\nwrote {output}\n")
+    if len(measured) > 1:
+        print("Prefill speed-up vs keep 1.0, by family:\n\n" + summary(measured))
     return 0
 
 

@@ -116,6 +116,26 @@ def random_image(height: int, width: int, seed: int) -> Image.Image:
     return Image.fromarray(pixels)
 
 
+NEW = 4
+"""Generated tokens per call in the tests (``min_new_tokens`` too, so random weights never stop early)."""
+
+
+def scenario(bundle: Bundle, name: str) -> dict[str, torch.Tensor]:
+    """``one``: one image; ``batch``: two images of different sizes, left-padded rows; ``multi``: 2 images in row 0."""
+    if name == "one":
+        return bundle.inputs([random_image(32, 32, 1)], [f"user : {IMAGE} what is in the image ?"])
+    if name == "batch":
+        images = [random_image(32, 32, 1), random_image(24, 40, 2)]
+        return bundle.inputs(images, [f"user : {IMAGE} what is in the image ?", f"user : {IMAGE} describe it"])
+    images = [random_image(16, 24, 3), random_image(32, 32, 1), random_image(24, 40, 2)]
+    return bundle.inputs(images, [f"user : {IMAGE} and {IMAGE} what is it ?", f"{IMAGE} describe it"])
+
+
+def generate(model: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
+    """Greedy ``generate`` of exactly :data:`NEW` tokens."""
+    return model.generate(**inputs, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, **kwargs)
+
+
 def video_inputs(
     bundle: Bundle, grids: list[tuple[int, int, int]], prompts: list[str], images: list[Image.Image] = (), seed: int = 0
 ) -> dict[str, torch.Tensor]:
@@ -157,4 +177,4 @@ def video_inputs(
     return encoded | encoded_images
 
 
-__all__ = ["FAMILIES", "IMAGE", "Bundle", "build_qwen", "qwen_tokenizer", "random_image", "video_inputs"]
+__all__ = ["FAMILIES", "IMAGE", "NEW", "Bundle", "build_qwen", "generate", "qwen_tokenizer", "random_image", "scenario", "video_inputs"]

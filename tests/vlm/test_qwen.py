@@ -2,7 +2,8 @@
 
 Everything runs through the real model classes and processors (tiny random weights, see
 ``qwen_models.py``). Logits and generated ids at ``keep=1.0`` are compared with ``torch.equal``:
-the wrapper feeds the model the same features and the same 3-D positions it computes itself.
+nothing is dropped, so the wrapper hands the model the caller's tensors and the tower's own tokens.
+The drop-in calls (masked placeholders, ``inputs_embeds``...) are in ``test_qwen_dropin.py``.
 """
 
 from __future__ import annotations
@@ -13,11 +14,9 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from vlm.qwen_models import FAMILIES, IMAGE, build_qwen, random_image, video_inputs
+from vlm.qwen_models import FAMILIES, IMAGE, NEW, build_qwen, generate, random_image, scenario, video_inputs
 from token_reduction.selection.base import TokenSelection
 from token_reduction.vlm.qwen_vl import PrunedQwenVL
-
-NEW = 4  # generated tokens per call (min_new_tokens too, so random weights never stop early)
 
 
 @pytest.fixture(scope="module")
@@ -30,21 +29,6 @@ def bundles() -> Any:
         return cache[family]
 
     return get
-
-
-def scenario(bundle: Any, name: str) -> dict[str, torch.Tensor]:
-    """``one``: one image; ``batch``: two images of different sizes, left-padded rows; ``multi``: 2 images in row 0."""
-    if name == "one":
-        return bundle.inputs([random_image(32, 32, 1)], [f"user : {IMAGE} what is in the image ?"])
-    if name == "batch":
-        images = [random_image(32, 32, 1), random_image(24, 40, 2)]
-        return bundle.inputs(images, [f"user : {IMAGE} what is in the image ?", f"user : {IMAGE} describe it"])
-    images = [random_image(16, 24, 3), random_image(32, 32, 1), random_image(24, 40, 2)]
-    return bundle.inputs(images, [f"user : {IMAGE} and {IMAGE} what is it ?", f"{IMAGE} describe it"])
-
-
-def generate(model: Any, inputs: dict[str, Any], **kwargs: Any) -> Any:
-    return model.generate(**inputs, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False, **kwargs)
 
 
 @contextlib.contextmanager

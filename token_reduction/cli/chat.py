@@ -1,4 +1,4 @@
-"""``token-reduction chat``: ask a LLaVA model about images or a short video while a selector prunes their tokens.
+"""``token-reduction chat``: ask a VLM about images or a short video while a selector prunes their tokens.
 
 Prints the answer, then, per image, how many visual positions the LLM would have read without
 pruning and how many it read; for a video, the same for the whole clip and then per frame::
@@ -26,7 +26,7 @@ PROG = "token-reduction chat"
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``chat`` options to ``parser`` (the CLI's subcommand parser, or a standalone one)."""
-    parser.add_argument("--model", required=True, help="LLaVA-NeXT or LLaVA-OneVision folder or hub id")
+    parser.add_argument("--model", required=True, help="folder or hub id of a supported VLM (LLaVA, LLaVA-NeXT/OneVision, Qwen-VL, InternVL, Idefics3, Gemma 3, ...)")
     parser.add_argument(
         "--selector", required=True, help="exported TokenSelector folder, a Hub repo id (owner/name), or a method name (random, pooling, norm, tome)"
     )
@@ -113,7 +113,7 @@ def chat_main(argv: list[str] | None = None) -> int:
     """Entry point for ``token-reduction chat ...`` (``argv`` without the subcommand name)."""
     parser = ArgumentParser(
         prog=PROG,
-        description="Ask a LLaVA model about images or a short video while a selector prunes their visual tokens.",
+        description="Ask a VLM about images or a short video while a selector prunes their visual tokens.",
     )
     return run_chat(add_chat_arguments(parser).parse_args(argv))
 

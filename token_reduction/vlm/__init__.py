@@ -102,19 +102,44 @@ def load_pruned_llava(
     return prune_video_tokens(model, method, keep, threshold, temporal=temporal, **temporal_options), processor
 
 
-def build_prompt(processor: Any, text: str, num_images: int) -> str:
-    """A user turn with ``num_images`` images, through the chat template when the processor has one.
+IMAGE_WRAPS: dict[str, tuple[str, str]] = {"<|image_pad|>": ("<|vision_start|>", "<|vision_end|>")}
+"""Layout a family's chat template puts around its image marker, when the processor does not add it
+itself (Qwen2/2.5/3-VL, Qwen3.5). Other processors expand the bare marker with their own layout:
+InternVL ``<IMG_CONTEXT>`` into ``<img>...</img>``, Gemma 3 ``<start_of_image>`` and Gemma 4
+``<image_soft_token>`` into begin/end-of-image runs, Idefics3/SmolVLM ``<image>`` into the crop
+grid, Mistral3 ``[IMG]`` into rows ended by ``[IMG_BREAK]``/``[IMG_END]``, LLaVA ``<image>``."""
 
-    ``<image>`` markers already in ``text`` are honoured (without a template) or removed (with one,
-    which places the images itself).
+
+def image_token(processor: Any) -> str:
+    """The token ``processor`` expands into one image's placeholders (``<image>`` when it names none)."""
+    tokenizer = getattr(processor, "tokenizer", processor)
+    return getattr(processor, "image_token", None) or getattr(tokenizer, "image_token", None) or "<image>"
+
+
+def image_marker(processor: Any) -> str:
+    """What one image is in a prompt before ``processor`` expands it, with the layout the family's template adds."""
+    token = image_token(processor)
+    start, end = IMAGE_WRAPS.get(token, ("", ""))
+    start = getattr(processor, "vision_start_token", None) or start
+    end = getattr(processor, "vision_end_token", None) or end
+    return f"{start}{token}{end}"
+
+
+def build_prompt(processor: Any, text: str, num_images: int) -> str:
+    """A user turn with ``num_images`` images, for any supported family.
+
+    With a chat template (real checkpoints have one) the template places the images
+    (``{"type": "image"}`` content) and ``text``'s own image markers are removed; without one,
+    each missing image becomes the family's marker on its own line (:func:`image_marker`: the
+    processor then expands it to the model's placeholders), and markers already in ``text`` count.
     """
-    image_token = getattr(processor, "image_token", "<image>")
+    marker, token = image_marker(processor), image_token(processor)
     if getattr(processor, "chat_template", None):
-        content = [{"type": "image"} for _ in range(num_images)]
-        content.append({"type": "text", "text": text.replace(image_token, "").strip()})
+        content: list[dict[str, Any]] = [{"type": "image"} for _ in range(num_images)]
+        content.append({"type": "text", "text": text.replace(marker, "").replace(token, "").strip()})
         return processor.apply_chat_template([{"role": "user", "content": content}], add_generation_prompt=True)
-    missing = num_images - text.count(image_token)
-    return f"{image_token}\n" * max(missing, 0) + text
+    missing = num_images - text.count(token)
+    return f"{marker}\n" * max(missing, 0) + text
 
 
 def parse_keep(value: str | float | int | None) -> Budget | None:
@@ -133,6 +158,8 @@ __all__ = [
     "PrunedInputs",
     "PrunedLlava",
     "build_prompt",
+    "image_marker",
+    "image_token",
     "load_pruned_llava",
     "load_selector",
     "parse_keep",

@@ -138,7 +138,7 @@ class PrunedLlava:
 
     Hooks for families (class attributes, all optional): :attr:`family_kwargs`,
     :attr:`video_kwargs`, :attr:`vision_kwargs`, :attr:`generate_only_kwargs`,
-    :attr:`token_kwargs`; and :meth:`record_encoder_output` from inside :meth:`encode_images`.
+    :attr:`token_kwargs`, :attr:`selector_where`; and :meth:`record_encoder_output` from inside :meth:`encode_images`.
     """
 
     family = "llava"
@@ -156,6 +156,7 @@ class PrunedLlava:
     model untouched instead of encoding with them, so both calls match the unpatched model."""
     token_kwargs: tuple[str, ...] = ("shift_labels", "token_type_ids", "mm_token_type_ids")
     """Per-token ``(B, L)`` inputs that are compacted with ``input_ids`` when given."""
+    selector_where = "the {family} vision tower (vision_feature_layer={config.vision_feature_layer})"
 
     def __init__(
         self,
@@ -182,8 +183,7 @@ class PrunedLlava:
         """Videos: select across frames (:class:`~token_reduction.selection.temporal.TemporalSelection`) instead of per frame."""
         self.temporal_options: dict[str, Any] = dict(temporal_options or {})
         """Keyword arguments of ``TemporalSelection`` (``fusion``, ``min_per_frame``, ``uniform_share``)."""
-        layer = self.config.vision_feature_layer
-        check_selector(selector, self.feature_dim, f"the {self.family} vision tower (vision_feature_layer={layer})")
+        check_selector(selector, self.feature_dim, self.selector_where.format(family=self.family, config=self.config))
         if isinstance(selector, nn.Module):
             selector.to(self.device).eval()
         self.last: PrunedInputs | None = None

@@ -23,13 +23,17 @@ order per temporal slice). What pruning does, and why:
   at the visual positions, are pruned with the same mask. Merging methods emit merged tokens at a
   representative position; that position keeps its own deepstack features.
 
-``keep=1.0`` reproduces the unpatched model's logits and generated ids exactly. The model itself
-is not patched; only its ``rope_deltas`` state is set to the pruned prompt's value.
+The calls are the shared wrapper's (:class:`~token_reduction.vlm.common.PrunedLlava`), so Qwen
+behaves as a drop-in the same way: placeholders are found as the model finds them (masked ones
+included; in ``inputs_embeds`` when there are no ``input_ids``), ``labels``/``shift_labels``/token
+types follow the kept slots, ``image_outputs`` carry the tower's fields. When nothing is dropped
+(``keep=1.0``) the caller's tensors go to the model untouched, so logits and generated ids are the
+unpatched model's, bit for bit. The model itself is not patched; after pruning only its
+``rope_deltas`` state is set to the pruned prompt's value.
 """
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
@@ -38,20 +42,20 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from token_reduction.errors import UserError
 from token_reduction.selection.base import Budget, SelectionMethod
-from token_reduction.vlm.common import UNSET, PrunedLlava, check_selector, run_selector, validate_keep
+from token_reduction.vlm.common import UNSET, PrunedInputs, PrunedLlava, run_selector, validate_keep
 from token_reduction.vlm.qwen_positions import (
     QwenImage,
     QwenPrunedInputs,
     QwenVideo,
-    compact,
-    keep_slots,
-    modality_types,
-    spatial_positions,
+    dropped_slots,
+    mask_positions,
+    rope_deltas,
+    unpruned_positions,
 )
+from token_reduction.vlm.sequence import placeholder_slots, shorten_placeholders
 from token_reduction.vlm.video import select_frames
 
 Grid = tuple[int, int, int]
-VISUAL_KWARGS = ("image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts", "mm_token_type_ids")
 
 
 class PrunedQwenVL(PrunedLlava):
@@ -59,45 +63,21 @@ class PrunedQwenVL(PrunedLlava):
 
     Call it with the processor's outputs (``input_ids``, ``attention_mask``, ``pixel_values``,
     ``image_grid_thw``, ``mm_token_type_ids``; videos: ``pixel_values_videos``, ``video_grid_thw``,
-    ``second_per_grid_ts``). Arguments after ``pixel_values`` are keyword-only.
+    ``second_per_grid_ts``), by keyword, as the model. ``forward``/``generate`` are the shared
+    wrapper's; :meth:`prepare` keeps Qwen's positions.
     """
 
     family = "qwen_vl"
     family_kwargs = ("image_grid_thw", "mm_token_type_ids")
     video_kwargs = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
-    token_kwargs = ("shift_labels", "token_type_ids", "mm_token_type_ids")
+    selector_where = "the {family} patch merger (the tokens the LLM reads)"
 
-    def __init__(
-        self,
-        model: nn.Module,
-        selector: SelectionMethod,
-        keep: Budget | None = None,
-        threshold: float | None = None,
-        padding_side: str | None = None,
-        temporal: bool = False,
-        temporal_options: dict[str, Any] | None = None,
-    ) -> None:
-        # Not super().__init__: the base reads ``vision_feature_layer``, which Qwen configs lack.
-        if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
-            raise RuntimeError(
-                f"{type(model).__name__}.forward has no `mm_encoder_outputs` argument; pruning needs transformers >= 5"
-            )
-        if not hasattr(model.model, "get_rope_index"):
+    def __init__(self, model: nn.Module, selector: SelectionMethod, *args: Any, **kwargs: Any) -> None:
+        if not hasattr(getattr(model, "model", None), "get_rope_index"):
             raise TypeError(f"{type(model).__name__} has no model.get_rope_index; it is not a Qwen-VL model")
         self.family = str(getattr(model.config, "model_type", self.family))
-        self.model = model
-        self.inner = model.model
-        self.selector = selector
-        self.keep = validate_keep(keep)
-        self.threshold = threshold
-        self.padding_side = padding_side
-        self.temporal = bool(temporal)
-        self.temporal_options: dict[str, Any] = dict(temporal_options or {})
-        check_selector(selector, self.feature_dim, f"the {self.family} patch merger (the tokens the LLM reads)")
-        if isinstance(selector, nn.Module):
-            selector.to(self.device).eval()
+        super().__init__(model, selector, *args, **kwargs)
         self.last: QwenPrunedInputs | None = None
-        self._fields: dict[str, dict[str, Any]] = {}
 
     # ------------------------------------------------------------------------------ geometry
     @property
@@ -128,6 +108,7 @@ class PrunedQwenVL(PrunedLlava):
         """Merged tokens per item and (Qwen3-VL) deepstack features ``[layer][item]``, from the model's own encoder."""
         encode = self.inner.get_video_features if video else self.inner.get_image_features
         out = encode(pixels, grid_thw, return_dict=True)
+        self.record_encoder_output("video" if video else "image", out)  # the tower's fields reach image_outputs
         deep = getattr(out, "deepstack_features", None)
         return list(out.pooler_output), ([list(layer) for layer in deep] if deep else None)
 
@@ -207,38 +188,34 @@ class PrunedQwenVL(PrunedLlava):
         return videos
 
     def encoder_outputs(self, images: list[QwenImage], videos: list[QwenVideo]) -> dict[str, Any]:
-        """``mm_encoder_outputs``: per-item kept tokens (and deepstack features, layer by layer)."""
+        """``mm_encoder_outputs``: per-item kept tokens (and deepstack features, layer by layer).
+
+        The tower's own fields (:meth:`record_encoder_output`) ride along, so ``image_outputs``
+        carry what the unpatched model returns; ``pooler_output`` is what the LLM read.
+        """
         outputs: dict[str, Any] = {}
         for key, items in (("image", images), ("video", videos)):
             if not items:
                 continue
-            pooled = [item.features for item in items]
+            pooled = tuple(item.features for item in items)  # a tuple, as the model's torch.split gives
+            fields = self._fields.get(key, {})
             if items[0].deepstack is None:
-                outputs[key] = BaseModelOutputWithPooling(pooler_output=pooled)
+                outputs[key] = BaseModelOutputWithPooling(pooler_output=pooled, **fields)
                 continue
             from transformers.models.qwen3_vl.modeling_qwen3_vl import BaseModelOutputWithDeepstackFeatures
 
-            layers = [[item.deepstack[layer] for item in items] for layer in range(len(items[0].deepstack))]
-            outputs[key] = BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=layers)
+            layers = [tuple(item.deepstack[layer] for item in items) for layer in range(len(items[0].deepstack))]
+            outputs[key] = BaseModelOutputWithDeepstackFeatures(pooler_output=pooled, deepstack_features=layers, **fields)
         return outputs
 
     # ------------------------------------------------------------------------------ sequence
-    def unpruned_positions(
-        self, input_ids: Tensor, attention_mask: Tensor, types: Tensor, position_ids: Tensor | None, **grids: Any
-    ) -> Tensor:
-        """``(3, B, L)`` positions of the unpruned prompt: the caller's, else the model's ``get_rope_index``."""
-        if position_ids is not None:
-            return spatial_positions(position_ids)
-        given = {name: value for name, value in grids.items() if value is not None}
-        positions, _ = self.inner.get_rope_index(input_ids, mm_token_type_ids=types, attention_mask=attention_mask, **given)
-        return positions
-
     def prepare(  # type: ignore[override]
         self,
-        input_ids: Tensor,
+        input_ids: Tensor | None,
         pixel_values: Tensor | None = None,
-        *,
+        image_sizes: Any = None,
         attention_mask: Tensor | None = None,
+        *,
         image_grid_thw: Tensor | None = None,
         pixel_values_videos: Tensor | None = None,
         video_grid_thw: Tensor | None = None,
@@ -250,109 +227,80 @@ class PrunedQwenVL(PrunedLlava):
         threshold: float | None = UNSET,
         temporal: bool = UNSET,
         padding_side: str | None = None,
+        inputs_embeds: Tensor | None = None,
         extra: dict[str, Tensor] | None = None,
     ) -> QwenPrunedInputs:
         """Encode and prune images and videos, then shorten the prompt keeping true positions (no LLM call).
 
-        Without ``mm_token_type_ids`` the placeholder types are derived from ``input_ids`` (the
-        unpatched model would then fall back to 1-D positions; the wrapper keeps Qwen's 3-D ones).
-        ``extra`` holds other per-token ``(B, L)`` tensors (``token_type_ids``, ``shift_labels``).
+        The shared :func:`shorten_placeholders` shortens ``input_ids`` and/or ``inputs_embeds``
+        (placeholders found as the model finds them, masked ones included), labels and per-token
+        ``extra`` tensors; this method decides *which* placeholders go (those of dropped tokens)
+        and carries the unpruned positions. Nothing dropped: the caller's tensors, untouched.
+        ``image_sizes`` is unused (the shared wrapper's positional slot).
         """
-        if input_ids is None:
-            raise UserError(self.family, "input_ids", "missing; pruning finds the placeholders in them (inputs_embeds are not enough)")
+        if input_ids is None and inputs_embeds is None:
+            raise UserError(self.family, "input_ids", "missing; pass input_ids or inputs_embeds: they hold the placeholders to shorten")
         if pixel_values is None and pixel_values_videos is None:
             raise UserError(self.family, "pixel_values", "nothing to prune; pass pixel_values (images) or pixel_values_videos")
         keep = self.keep if keep is UNSET else validate_keep(keep)
         threshold = self.threshold if threshold is UNSET else threshold
         temporal = self.temporal if temporal is UNSET else bool(temporal)
-        attention_mask = torch.ones_like(input_ids) if attention_mask is None else attention_mask
-        video_token_id = getattr(self.config, "video_token_id", None)
-        types = mm_token_type_ids
-        if types is None:
-            types = modality_types(input_ids, self.config.image_token_id, video_token_id)
+        self._fields = {}
         images = self.encode_images(pixel_values, image_grid_thw, keep, threshold) if pixel_values is not None else []
         videos = (
             self.encode_videos(keep, threshold, temporal, pixel_values_videos=pixel_values_videos, video_grid_thw=video_grid_thw)
             if pixel_values_videos is not None
             else []
         )
-        kept: dict[int, tuple[Tensor, str]] = {}
-        if images:
-            kept[self.config.image_token_id] = (torch.cat([image.mask for image in images]), "image")
-        if videos:
-            kept[video_token_id] = (torch.cat([video.mask for video in videos]), "video")
-        slots = keep_slots(input_ids, attention_mask, kept)  # checks the placeholder counts first
-        positions = self.unpruned_positions(
-            input_ids, attention_mask, types, position_ids,
-            image_grid_thw=image_grid_thw, video_grid_thw=video_grid_thw, second_per_grid_ts=second_per_grid_ts,
+        reference = input_ids if input_ids is not None else inputs_embeds
+        mask = torch.ones(reference.shape[:2], dtype=torch.long, device=reference.device) if attention_mask is None else attention_mask
+        embed = self.embed_token if input_ids is None else None
+        video_token_id = getattr(self.config, "video_token_id", None)
+        slots = torch.zeros(reference.shape[:2], dtype=torch.bool, device=reference.device)
+        dropped = torch.zeros_like(slots)
+        for token_id, items, what in ((self.config.image_token_id, images, "image"), (video_token_id, videos, "video")):
+            if items:
+                found = placeholder_slots(input_ids, inputs_embeds, token_id, embed)
+                dropped |= dropped_slots(found, torch.cat([item.mask for item in items]), what)
+                slots |= found
+        grids = {"image_grid_thw": image_grid_thw, "video_grid_thw": video_grid_thw, "second_per_grid_ts": second_per_grid_ts}
+        positions = position_ids
+        if bool(dropped.any()):
+            unpruned = unpruned_positions(self.inner, input_ids, mask, slots, position_ids, mm_token_type_ids, **grids)
+            # shorten_placeholders subtracts the dropped tokens before each slot from given positions;
+            # adding them first leaves every kept slot its unpruned (t, h, w).
+            positions = unpruned + dropped.long().cumsum(dim=1).to(unpruned.device)
+        extra = dict(extra or {}) | ({"mm_token_type_ids": mm_token_type_ids} if mm_token_type_ids is not None else {})
+        prepared = shorten_placeholders(
+            input_ids, attention_mask, self.config.image_token_id, images,
+            pad_token_id=self.pad_token_id(), padding_side=padding_side or self.padding_side, position_ids=positions,
+            labels=labels, videos=videos, video_token_id=video_token_id if videos else None,
+            inputs_embeds=inputs_embeds, embed=self.embed_token if inputs_embeds is not None else None,
+            extra=extra, dropped=dropped,
         )  # fmt: skip
-        prepared = compact(
-            slots, attention_mask, positions,
-            input_ids=input_ids, pad_token_id=self.pad_token_id(), padding_side=padding_side or self.padding_side,
-            mm_token_type_ids=types, labels=labels, extra=extra, images=images, videos=videos,
-            mm_encoder_outputs=self.encoder_outputs(images, videos),
-        )  # fmt: skip
-        self.inner.rope_deltas = prepared.rope_deltas
+        qwen: dict[str, Any] = {"passthrough": {name: value for name, value in grids.items() if value is not None}}
+        if prepared.dropped:
+            qwen |= {
+                "text_position_ids": mask_positions(prepared.attention_mask),
+                "rope_deltas": rope_deltas(prepared.position_ids, prepared.attention_mask),
+                "kept": mask.bool() & ~dropped,
+            }  # fmt: skip
+            self.inner.rope_deltas = qwen["rope_deltas"]  # decoding steps without position_ids continue from here
+        prepared = QwenPrunedInputs.extend(prepared, **qwen)
+        prepared.mm_encoder_outputs = self.encoder_outputs(images, videos)
         self.last = prepared
         return prepared
 
-    def _visual(self, kwargs: dict[str, Any]) -> dict[str, Any]:
-        return {name: kwargs.pop(name) for name in VISUAL_KWARGS if name in kwargs}
+    def generate_inputs(self, prepared: PrunedInputs, positions_given: bool) -> dict[str, Any]:
+        """``model.generate`` keywords: after pruning, 4-row positions (row 0: text positions for the causal mask).
 
-    def _tokens(self, kwargs: dict[str, Any]) -> dict[str, Tensor]:
-        """Per-token tensors besides ids, mask, types and labels, to compact with the tokens."""
-        names = [name for name in self.token_kwargs if name != "mm_token_type_ids" and kwargs.get(name) is not None]
-        return {name: kwargs.pop(name) for name in names}
-
-    # ------------------------------------------------------------------------------------ calls
-    def __call__(  # type: ignore[override]
-        self,
-        input_ids: Tensor | None = None,
-        pixel_values: Tensor | None = None,
-        *,
-        attention_mask: Tensor | None = None,
-        keep: Budget | None = UNSET,
-        threshold: float | None = UNSET,
-        temporal: bool = UNSET,
-        **kwargs: Any,
-    ) -> Any:
-        """The model's forward on the pruned prompt (plain pass-through without images or videos)."""
-        visual = self._visual(kwargs)
-        if pixel_values is None and visual.get("pixel_values_videos") is None:
-            return self.model(input_ids=input_ids, attention_mask=attention_mask, **visual, **kwargs)
-        prepared = self.prepare(
-            input_ids, pixel_values, attention_mask=attention_mask, position_ids=kwargs.pop("position_ids", None),
-            labels=kwargs.pop("labels", None), keep=keep, threshold=threshold, temporal=temporal,
-            extra=self._tokens(kwargs), **visual,
-        )  # fmt: skip
-        return self.model(**prepared.model_kwargs(), **kwargs)
-
-    forward = __call__
-
-    @torch.no_grad()
-    def generate(  # type: ignore[override]
-        self,
-        input_ids: Tensor | None = None,
-        pixel_values: Tensor | None = None,
-        *,
-        attention_mask: Tensor | None = None,
-        keep: Budget | None = UNSET,
-        threshold: float | None = UNSET,
-        temporal: bool = UNSET,
-        **kwargs: Any,
-    ) -> Any:
-        """``model.generate`` on the pruned prompt; returned ids start with the *shortened* prompt.
-
-        Slice new tokens with ``out[:, pruned.last.input_ids.shape[1]:]``.
+        Nothing dropped: the caller's inputs and grids, so ``generate`` places the prompt itself.
         """
-        visual = self._visual(kwargs)
-        if pixel_values is None and visual.get("pixel_values_videos") is None:
-            return self.model.generate(input_ids=input_ids, attention_mask=attention_mask, **visual, **kwargs)
-        prepared = self.prepare(
-            input_ids, pixel_values, attention_mask=attention_mask, position_ids=kwargs.pop("position_ids", None),
-            keep=keep, threshold=threshold, temporal=temporal, extra=self._tokens(kwargs), **visual,
-        )  # fmt: skip
-        return self.model.generate(**prepared.generate_kwargs(), **kwargs)
+        kwargs = prepared.generate_kwargs()
+        if not positions_given and not prepared.dropped:
+            kwargs.pop("position_ids", None)
+        kwargs["mm_encoder_outputs"] = {name: type(out)(**out) for name, out in prepared.mm_encoder_outputs.items()}
+        return kwargs
 
 
 __all__ = ["PrunedQwenVL"]
