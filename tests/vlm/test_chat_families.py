@@ -1,18 +1,21 @@
 """``token-reduction chat --model FOLDER`` on a saved tiny model of every family, and the prompt it builds.
 
 Each family's tiny builder (``conftest.py``, ``qwen_models.py``, ``shuffle_models.py``,
-``simple_models.py``) gives a model and processor; they are saved to a folder and the CLI loads
-them back (``AutoModelForImageTextToText`` + the processor loader) and prunes two images at keep
-0.5. The tiny processors have no chat template, so :func:`build_prompt`'s per-family marker is
-what the processor expands: a wrong marker fails the processor's image count or the model's
-placeholder count. Families whose processor cannot be reloaded here (Mistral3's needs
-torchvision, SmolVLM's num2words, Gemma 4's loader needs its audio/video parts) are checked on the
-prompt side only, through their in-memory processor and the wrapper.
+``simple_models.py``) gives a model and processor; they are saved to a folder the way a checkpoint
+is (``processor_class`` names transformers' own class, SmolVLM and Gemma 4 list a video processor)
+and the CLI loads them back (``AutoModelForImageTextToText`` + the processor loader) and prunes two
+images at keep 0.5. Without torchvision (and num2words) ``AutoProcessor`` cannot build most of these
+processors, so every family also exercises :func:`~token_reduction.vlm.video.load_processor`'s
+rebuild from the image processor and tokenizer. The tiny processors have no chat template, so
+:func:`build_prompt`'s per-family marker is what the processor expands: a wrong marker fails the
+processor's image count or the model's placeholder count.
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
+import json
 import re
 from pathlib import Path
 from typing import Any, Callable
@@ -22,9 +25,11 @@ import pytest
 import torch
 from PIL import Image
 
+from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
+
 from token_reduction.cli.chat import chat_main
-from token_reduction.vlm import build_prompt, image_marker, prune_visual_tokens
-from token_reduction.selection.registry import get_method
+from token_reduction.vlm import build_prompt, image_marker, video
+from token_reduction.vlm.video import importable_processor_class, load_processor
 
 SAVED = {  # family -> (module under tests/vlm, builder, keyword arguments)
     "llava_next": ("conftest", "build_next", {}),
@@ -35,14 +40,17 @@ SAVED = {  # family -> (module under tests/vlm, builder, keyword arguments)
     "qwen3_5": ("qwen_models", "build_qwen", {"family": "qwen3_5"}),
     "internvl": ("shuffle_models", "build_internvl", {}),
     "idefics3": ("shuffle_models", "build_idefics3", {}),
-    "llava": ("simple_models", "build_llava15", {}),
-    "gemma3": ("simple_models", "build_gemma3", {}),
-}
-IN_MEMORY = {  # processors that cannot be saved and reloaded in this environment
     "smolvlm": ("shuffle_models", "build_idefics3", {"smol": True}),
+    "llava": ("simple_models", "build_llava15", {}),
+    "llava_pixtral": ("simple_models", "build_llava_pixtral", {}),
     "mistral3": ("simple_models", "build_mistral3", {}),
+    "gemma3": ("simple_models", "build_gemma3", {}),
     "gemma4": ("simple_models", "build_gemma4", {}),
 }
+WITHOUT_TORCHVISION = pytest.mark.skipif(
+    importlib.util.find_spec("torchvision") is not None, reason="AutoProcessor builds these processors whole with torchvision"
+)
+VIDEO_PROCESSORS = {"smolvlm": "SmolVLMVideoProcessor", "gemma4": "Gemma4VideoProcessor"}  # in their checkpoints
 COUNTS = re.compile(r"image (\d) \((\w+)\.png\): (\d+) -> (\d+) visual tokens \(\d+% kept\)")
 
 
@@ -68,15 +76,41 @@ def pngs(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
     return paths
 
 
+def save_checkpoint(bundle: Any, folder: Path, family: str) -> Path:
+    """``bundle`` saved like a hub checkpoint: transformers' own processor class named, video processor listed.
+
+    Mistral3's / Pixtral's test processor only mimics ``PixtralProcessor`` (which transformers hides
+    without torchvision): the real class is built from its parts and saved instead.
+    """
+    bundle.model.save_pretrained(folder)
+    processor = bundle.processor
+    if not hasattr(processor, "save_pretrained"):
+        pixtral = importable_processor_class("PixtralProcessor")
+        processor = pixtral(
+            image_processor=processor.image_processor, tokenizer=processor.tokenizer,
+            patch_size=processor.patch_size, spatial_merge_size=processor.spatial_merge_size,
+        )  # fmt: skip
+    processor.save_pretrained(folder)
+    config = json.loads((folder / "processor_config.json").read_text())
+    config["processor_class"] = config["processor_class"].removeprefix("ImageOnly")
+    (folder / "processor_config.json").write_text(json.dumps(config))
+    if family in VIDEO_PROCESSORS:
+        video = {"video_processor_type": VIDEO_PROCESSORS[family], "processor_class": config["processor_class"]}
+        (folder / "video_preprocessor_config.json").write_text(json.dumps(video))
+    return folder
+
+
+def chat_argv(folder: Path, pngs: list[Path]) -> list[str]:
+    images = [arg for path in pngs for arg in ("--image", str(path))]
+    return ["--model", str(folder), "--selector", "random", *images, "--prompt", "what is in the image ?", "--keep", "0.5",
+            "--max-new-tokens", "3", "--device", "cpu"]  # fmt: skip
+
+
 @pytest.mark.parametrize("family", sorted(SAVED))
 def test_chat_prunes_every_image_of_a_saved_model(family, pngs, tmp_path, capsys):
     bundle = builder(SAVED[family])()
-    assert bundle.model.config.model_type == family
-    bundle.model.save_pretrained(tmp_path)
-    bundle.processor.save_pretrained(tmp_path)
-    images = [arg for path in pngs for arg in ("--image", str(path))]
-    argv = ["--model", str(tmp_path), "--selector", "random", *images, "--prompt", "what is in the image ?", "--keep", "0.5"]
-    code = chat_main([*argv, "--max-new-tokens", "3", "--device", "cpu"])
+    assert bundle.model.config.model_type == family.removesuffix("_pixtral")
+    code = chat_main(chat_argv(save_checkpoint(bundle, tmp_path, family), pngs))
     out = capsys.readouterr()
     assert code == 0, out.err
     counts = [COUNTS.fullmatch(line) for line in out.out.splitlines()[-2:]]  # after the answer (which may say "image")
@@ -84,19 +118,46 @@ def test_chat_prunes_every_image_of_a_saved_model(family, pngs, tmp_path, capsys
     assert all(0 < int(m[4]) < int(m[3]) for m in counts)
 
 
-@pytest.mark.parametrize("family", sorted(IN_MEMORY))
-def test_prompt_of_families_whose_processor_is_not_reloadable_here(family):
-    bundle = builder(IN_MEMORY[family])()
+@WITHOUT_TORCHVISION
+@pytest.mark.parametrize("family", ["smolvlm", "gemma4", "mistral3"])
+def test_processors_needing_torchvision_are_rebuilt_from_their_image_parts(family, tmp_path):
+    """The reloaded processor is transformers' own class and expands prompts as the in-memory one does."""
+    bundle = builder(SAVED[family])()
+    processor = load_processor(save_checkpoint(bundle, tmp_path, family))
+    assert type(processor).__name__.removeprefix("ImageOnly") == PROCESSOR_MAPPING_NAMES[family]
+    assert processor.get_attributes() == ["image_processor", "tokenizer"]
+    assert processor.tokenizer.padding_side == "left"
     pictures = [Image.fromarray(np.random.default_rng(seed).integers(0, 256, size=(32, 32, 3), dtype=np.uint8)) for seed in (0, 1)]
-    prompt = build_prompt(bundle.processor, "what is in the image ?", len(pictures))
-    assert prompt.count(image_marker(bundle.processor)) == 2
-    inputs = dict(bundle.processor(images=[pictures], text=[prompt], return_tensors="pt"))
-    pruned = prune_visual_tokens(bundle.model, get_method("random"), keep=0.5)
-    torch.manual_seed(0)
-    out = pruned.generate(**inputs, max_new_tokens=2, do_sample=False)
-    assert out.shape[1] == pruned.last.input_ids.shape[1] + 2
-    assert len(pruned.last.tokens_before) == 2
-    assert all(after < before for before, after in zip(pruned.last.tokens_before, pruned.last.tokens_after))
+    prompt = build_prompt(processor, "what is in the image ?", len(pictures))
+    assert prompt.count(image_marker(processor)) == 2
+    reloaded = processor(images=[pictures], text=[prompt], return_tensors="pt")
+    original = bundle.processor(images=[pictures], text=[build_prompt(bundle.processor, "what is in the image ?", 2)], return_tensors="pt")
+    assert reloaded["input_ids"].tolist() == original["input_ids"].tolist()
+    torch.testing.assert_close(reloaded["pixel_values"], original["pixel_values"])
+
+
+def test_smolvlm_is_built_without_num2words_and_leaves_transformers_as_it_was(tmp_path):
+    from transformers.models.smolvlm import processing_smolvlm
+
+    before = processing_smolvlm.num2words
+    load_processor(save_checkpoint(builder(SAVED["smolvlm"])(), tmp_path, "smolvlm"))
+    assert processing_smolvlm.num2words is before
+
+
+@WITHOUT_TORCHVISION
+def test_a_processor_that_cannot_be_built_is_one_line_naming_the_package(pngs, tmp_path, capsys, monkeypatch):
+    folder = save_checkpoint(builder(SAVED["mistral3"])(), tmp_path, "mistral3")
+
+    def unavailable(name: str) -> type:
+        raise ImportError(f"\n{name} requires the Torchvision library but it was not found in your environment.\nSee ...")
+
+    monkeypatch.setattr(video, "importable_processor_class", unavailable)
+    capsys.readouterr()  # the save's progress bar
+    code = chat_main(chat_argv(folder, pngs))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert err.count("\n") == 1 and err.startswith("error: "), err
+    assert "PixtralProcessor needs the optional package torchvision: pip install torchvision" in err
 
 
 # ------------------------------------------------------------------------------------ build_prompt

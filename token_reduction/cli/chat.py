@@ -26,7 +26,7 @@ PROG = "token-reduction chat"
 
 def add_chat_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Add the ``chat`` options to ``parser`` (the CLI's subcommand parser, or a standalone one)."""
-    parser.add_argument("--model", required=True, help="folder or hub id of a supported VLM (LLaVA, LLaVA-NeXT/OneVision, Qwen-VL, InternVL, Idefics3, Gemma 3, ...)")
+    parser.add_argument("--model", required=True, help="folder or hub id of a supported VLM (LLaVA, LLaVA-NeXT/OneVision, Qwen-VL, InternVL, Idefics3/SmolVLM, Gemma 3/4, Mistral3, ...)")
     parser.add_argument(
         "--selector", required=True, help="exported TokenSelector folder, a Hub repo id (owner/name), or a method name (random, pooling, norm, tome)"
     )

@@ -81,7 +81,9 @@ def load_pruned_llava(
     The family comes from the checkpoint's config (``model_type``, looked up in
     :mod:`token_reduction.vlm.families`): an unsupported checkpoint is a one-line ``UserError``
     before any weights load. The model loads through ``AutoModelForImageTextToText``, the
-    processor through ``AutoProcessor`` (see :func:`~token_reduction.vlm.video.load_processor`).
+    processor through ``AutoProcessor``, or, where that needs a package that is not installed
+    (torchvision, num2words), as the family's processor class rebuilt from its image processor and
+    tokenizer (see :func:`~token_reduction.vlm.video.load_processor`).
     ``dtype="auto"`` means bfloat16 on CUDA and float32 elsewhere. The tokenizer pads on the left,
     as batched generation needs. ``temporal`` and ``temporal_options`` set how videos are pruned
     (see :func:`token_reduction.vlm.video.prune_video_tokens`).
