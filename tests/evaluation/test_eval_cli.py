@@ -70,4 +70,4 @@ def test_selector_of_another_dim_names_both_dims(eval_cache, tmp_path, capsys):
 
 def test_missing_cache_is_a_clear_error(tmp_path, capsys):
     assert evaluate_main(["--cache", str(tmp_path / "nope"), "--out", str(tmp_path / "out")]) == 2
-    assert "does not exist" in capsys.readouterr().err
+    assert "no such folder" in capsys.readouterr().err

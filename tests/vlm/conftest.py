@@ -7,15 +7,14 @@ special tokens; image processors are sized for 16x16 crops of 4x4-pixel patches 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
+from vlm.builders import Bundle, random_image, text_kwargs, vision_kwargs, word_tokenizer
 from token_reduction.models.backbone import TrunkConfig
 from token_reduction.models.selector import TokenSelector
 
@@ -25,44 +24,16 @@ CROP, PATCH, DIM = 16, 4, 32
 PINPOINTS = [[16, 32], [32, 16], [32, 32]]
 
 
-@dataclass
-class Bundle:
-    """A tiny model with the processor that expands ``<image>`` for it."""
-
-    model: Any
-    processor: Any
-
-    def inputs(self, images: list[Image.Image], prompts: list[str], **kwargs: Any) -> dict[str, torch.Tensor]:
-        return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True, **kwargs))
-
-
 def tiny_tokenizer(padding_side: str = "left") -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {word: i for i, word in enumerate(SPECIALS + WORDS)}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend,
-        unk_token="<unk>",
-        pad_token="<pad>",
-        bos_token="<s>",
-        eos_token="</s>",
-        padding_side=padding_side,
-        extra_special_tokens={"image_token": "<image>", "video_token": "<video>"},
-    )
+    return word_tokenizer(WORDS, {"image_token": "<image>", "video_token": "<video>"}, padding_side=padding_side, dense=False)
 
 
 def _text_kwargs(vocab_size: int) -> dict[str, Any]:
-    return dict(
-        hidden_size=DIM, intermediate_size=2 * DIM, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=vocab_size, pad_token_id=0, bos_token_id=2, eos_token_id=3, max_position_embeddings=1024,
-    )  # fmt: skip
+    return text_kwargs(vocab_size)
 
 
 def _vision_kwargs() -> dict[str, Any]:
-    return dict(hidden_size=DIM, intermediate_size=2 * DIM, num_hidden_layers=2, num_attention_heads=4, image_size=CROP, patch_size=PATCH)
+    return vision_kwargs(CROP, PATCH)
 
 
 def build_next(padding_side: str = "left", seed: int = 0) -> Bundle:
@@ -132,11 +103,6 @@ def onevision_processor(padding_side: str = "left", vision_aspect_ratio: str = "
         image_processor=images, tokenizer=tiny_tokenizer(padding_side), num_image_tokens=(CROP // PATCH) ** 2,
         vision_feature_select_strategy=strategy, vision_aspect_ratio=vision_aspect_ratio,
     )  # fmt: skip
-
-
-def random_image(height: int, width: int, seed: int) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
 
 
 def tiny_selector(dim: int = DIM, seed: int = 0) -> TokenSelector:

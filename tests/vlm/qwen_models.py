@@ -10,13 +10,13 @@ the way the processors lay them out (Qwen3-VL / Qwen3.5: one run per frame after
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable
 
-import numpy as np
 import torch
 from PIL import Image
+from vlm.builders import random_image, word_tokenizer
 
-from token_reduction.vlm.video import image_only_processor
+from token_reduction.vlm.processors import image_only_processor
 
 WORDS = "user assistant : what is in the image ? describe it a cat dog red blue green video frame <0.5s> <1.5s>".split()
 SPECIALS = {
@@ -48,16 +48,7 @@ class Bundle:
 
 
 def qwen_tokenizer(padding_side: str = "left") -> Any:
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    vocab = {word: i for i, word in enumerate(["<pad>", "<unk>", "<s>", "</s>", *SPECIALS.values(), *WORDS])}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    return PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        padding_side=padding_side, extra_special_tokens=dict(SPECIALS),
-    )  # fmt: skip
+    return word_tokenizer(WORDS, SPECIALS, padding_side=padding_side)
 
 
 def _text(vocab_size: int, **extra: Any) -> dict[str, Any]:
@@ -111,9 +102,16 @@ def build_qwen(family: str, padding_side: str = "left", seed: int = 0) -> Bundle
     return Bundle(family, model, processor)
 
 
-def random_image(height: int, width: int, seed: int) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+def bundle_cache() -> Callable[[str], Bundle]:
+    """Build each family's bundle on first use (a test module's ``bundles`` fixture returns one cache)."""
+    cache: dict[str, Bundle] = {}
+
+    def get(family: str) -> Bundle:
+        if family not in cache:
+            cache[family] = build_qwen(family)
+        return cache[family]
+
+    return get
 
 
 NEW = 4
@@ -177,4 +175,4 @@ def video_inputs(
     return encoded | encoded_images
 
 
-__all__ = ["FAMILIES", "IMAGE", "NEW", "Bundle", "build_qwen", "generate", "qwen_tokenizer", "random_image", "scenario", "video_inputs"]
+__all__ = ["FAMILIES", "IMAGE", "NEW", "Bundle", "bundle_cache", "build_qwen", "generate", "qwen_tokenizer", "random_image", "scenario", "video_inputs"]

@@ -14,15 +14,14 @@ tokenizer is word-level with the special tokens each processor expands images in
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
+from vlm import builders
+from vlm.builders import Bundle, KeepFirst, random_image  # noqa: F401  (tests import them from here)
 
 WORDS = "user assistant : what is in the image ? describe it a cat dog red blue green big small the of and Frame1: Frame2:".split()
-DIM, CROP, PATCH = 32, 16, 2
+CROP, PATCH = 16, 2
 ROW_COL = [f"<row_{r}_col_{c}>" for r in range(1, 7) for c in range(1, 7)]
 INTERNVL_SPECIALS = {
     "start_image_token": "<img>", "end_image_token": "</img>", "context_image_token": "<IMG_CONTEXT>", "video_token": "<video>",
@@ -30,44 +29,17 @@ INTERNVL_SPECIALS = {
 IDEFICS_SPECIALS = {"image_token": "<image>", "fake_image_token": "<fake_token_around_image>", "global_image_token": "<global-img>"}
 
 
-@dataclass
-class Bundle:
-    """A tiny model with the processor that expands image placeholders for it."""
-
-    model: Any
-    processor: Any
-
-    def inputs(self, images: list[Any], prompts: list[str], **kwargs: Any) -> dict[str, torch.Tensor]:
-        return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True, **kwargs))
-
-
 def word_tokenizer(specials: dict[str, str], extra: list[str] = (), padding_side: str = "left") -> Any:
-    """Word-level tokenizer: pad/unk/bos/eos, the named ``specials`` and ``extra`` special tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tokens = ["<pad>", "<unk>", "<s>", "</s>", *specials.values(), *extra]
-    vocab = {word: i for i, word in enumerate(dict.fromkeys(tokens + WORDS))}  # ids dense: len(tokenizer) covers them
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        padding_side=padding_side, extra_special_tokens=dict(specials),
-    )  # fmt: skip
-    if extra:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(extra)})
-    return tokenizer
+    """:func:`builders.word_tokenizer` over this module's words."""
+    return builders.word_tokenizer(WORDS, specials, extra, padding_side)
 
 
 def text_kwargs(vocab_size: int) -> dict[str, Any]:
-    return dict(
-        hidden_size=DIM, intermediate_size=2 * DIM, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=vocab_size, pad_token_id=0, bos_token_id=2, eos_token_id=3, max_position_embeddings=2048,
-    )  # fmt: skip
+    return builders.text_kwargs(vocab_size, max_position_embeddings=2048)
 
 
 def vision_kwargs() -> dict[str, Any]:
-    return dict(hidden_size=DIM, intermediate_size=2 * DIM, num_hidden_layers=2, num_attention_heads=4, image_size=CROP, patch_size=PATCH)
+    return builders.vision_kwargs(CROP, PATCH)
 
 
 TOKENS_PER_CROP = (CROP // PATCH // 2) ** 2  # 16
@@ -162,25 +134,7 @@ def build_idefics3(padding_side: str = "left", smol: bool = False, scale: int = 
     return Bundle(model, processor)
 
 
-def random_image(height: int, width: int, seed: int) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
-
-
 # ------------------------------------------------------------------------------ selection stubs
-class KeepFirst:
-    """A baseline-like method: keep the first ``keep`` valid tokens of every crop."""
-
-    name = "keep_first"
-
-    def select(self, features, keep=None, *, padding_mask=None, extras=None, grid=None, generator=None) -> Any:
-        from token_reduction.selection.base import budgets_per_image, selection_from_mask
-
-        valid = torch.ones(features.shape[:2], dtype=torch.bool) if padding_mask is None else ~padding_mask
-        budgets = budgets_per_image(keep if keep is not None else 1.0, valid.sum(dim=1))
-        return selection_from_mask(features, valid & (valid.long().cumsum(dim=1) <= budgets[:, None]))
-
-
 class FixedCounts:
     """Adaptive (``keep=None``): crop ``i`` keeps its first ``counts[i]`` valid tokens (``None``: all)."""
 

@@ -10,66 +10,21 @@ real ``PixtralImageProcessorPil``.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image
+from vlm import builders
+from vlm.builders import DIM, Bundle, random_image, text_kwargs, vision_kwargs  # noqa: F401  (tests import them from here)
 
 WORDS = (
     "user assistant : what is in the image ? describe it a cat dog red blue green big small of and "
     "here crops to help you see better original"  # Gemma 3's pan-and-scan phrase
 ).split()
-DIM = 32
-
-
-@dataclass
-class Bundle:
-    """A tiny model with the processor that expands image placeholders for it."""
-
-    model: Any
-    processor: Any
-
-    def inputs(self, images: list[Any], prompts: list[str], **kwargs: Any) -> dict[str, torch.Tensor]:
-        return dict(self.processor(images=images, text=prompts, return_tensors="pt", padding=True, **kwargs))
 
 
 def word_tokenizer(specials: dict[str, str], extra: list[str] = (), padding_side: str = "left") -> Any:
-    """Word-level tokenizer: pad/unk/bos/eos, the named ``specials`` (``{"image_token": "<image>"}``) and ``extra`` tokens."""
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
-    tokens = ["<pad>", "<unk>", "<s>", "</s>", *specials.values(), *extra]
-    vocab = {word: i for i, word in enumerate(dict.fromkeys(tokens + WORDS))}
-    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    backend.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=backend, unk_token="<unk>", pad_token="<pad>", bos_token="<s>", eos_token="</s>",
-        padding_side=padding_side, extra_special_tokens=dict(specials),
-    )  # fmt: skip
-    if extra:
-        tokenizer.add_special_tokens({"additional_special_tokens": list(extra)})
-    return tokenizer
-
-
-def text_kwargs(vocab_size: int) -> dict[str, Any]:
-    return dict(
-        hidden_size=DIM, intermediate_size=2 * DIM, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-        vocab_size=vocab_size, pad_token_id=0, bos_token_id=2, eos_token_id=3, max_position_embeddings=1024,
-    )  # fmt: skip
-
-
-def vision_kwargs(image_size: int, patch_size: int) -> dict[str, Any]:
-    return dict(
-        hidden_size=DIM, intermediate_size=2 * DIM, num_hidden_layers=2, num_attention_heads=4,
-        image_size=image_size, patch_size=patch_size,
-    )  # fmt: skip
-
-
-def random_image(height: int, width: int, seed: int) -> Image.Image:
-    pixels = np.random.default_rng(seed).integers(0, 256, size=(height, width, 3), dtype=np.uint8)
-    return Image.fromarray(pixels)
+    """:func:`builders.word_tokenizer` over this module's words."""
+    return builders.word_tokenizer(WORDS, specials, extra, padding_side)
 
 
 # ------------------------------------------------------------------------------------ LLaVA-1.5

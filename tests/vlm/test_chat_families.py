@@ -5,7 +5,7 @@ Each family's tiny builder (``conftest.py``, ``qwen_models.py``, ``shuffle_model
 is (``processor_class`` names transformers' own class, SmolVLM and Gemma 4 list a video processor)
 and the CLI loads them back (``AutoModelForImageTextToText`` + the processor loader) and prunes two
 images at keep 0.5. Without torchvision (and num2words) ``AutoProcessor`` cannot build most of these
-processors, so every family also exercises :func:`~token_reduction.vlm.video.load_processor`'s
+processors, so every family also exercises :func:`~token_reduction.vlm.processors.load_processor`'s
 rebuild from the image processor and tokenizer. The tiny processors have no chat template, so
 :func:`build_prompt`'s per-family marker is what the processor expands: a wrong marker fails the
 processor's image count or the model's placeholder count.
@@ -28,8 +28,8 @@ from PIL import Image
 from transformers.models.auto.processing_auto import PROCESSOR_MAPPING_NAMES
 
 from token_reduction.cli.chat import chat_main
-from token_reduction.vlm import build_prompt, image_marker, video
-from token_reduction.vlm.video import importable_processor_class, load_processor
+from token_reduction.vlm import build_prompt, image_marker, processors
+from token_reduction.vlm.processors import importable_processor_class, load_processor
 
 SAVED = {  # family -> (module under tests/vlm, builder, keyword arguments)
     "llava_next": ("conftest", "build_next", {}),
@@ -151,7 +151,7 @@ def test_a_processor_that_cannot_be_built_is_one_line_naming_the_package(pngs, t
     def unavailable(name: str) -> type:
         raise ImportError(f"\n{name} requires the Torchvision library but it was not found in your environment.\nSee ...")
 
-    monkeypatch.setattr(video, "importable_processor_class", unavailable)
+    monkeypatch.setattr(processors, "importable_processor_class", unavailable)
     capsys.readouterr()  # the save's progress bar
     code = chat_main(chat_argv(folder, pngs))
     err = capsys.readouterr().err

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vlm.builders import GENERATE, KeepFirst, adaptive_counts, assert_same_as_model
 from vlm.simple_models import build_gemma3, build_gemma4, gemma4_inputs, random_image
 
 from token_reduction.vlm import prune_visual_tokens
-from token_reduction.selection.base import TokenSelection, budgets_per_image, selection_from_mask
+from token_reduction.selection.base import TokenSelection
 from token_reduction.vlm.gemma import PrunedGemma3, PrunedGemma4
 
 FAMILIES = ("gemma3", "gemma4")
 WRAPPERS = {"gemma3": PrunedGemma3, "gemma4": PrunedGemma4}
 TYPES = {"gemma3": "token_type_ids", "gemma4": "mm_token_type_ids"}
-GENERATE = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
-
-
-class KeepFirst:
-    """Keep the first ``keep`` tokens of every image (``keep=None``: all of them)."""
-
-    name = "keep_first"
-
-    def select(self, features, keep=None, *, padding_mask=None, extras=None, grid=None, generator=None) -> TokenSelection:
-        valid = torch.ones(features.shape[:2], dtype=torch.bool) if padding_mask is None else ~padding_mask
-        budgets = budgets_per_image(keep if keep is not None else 1.0, valid.sum(dim=1))
-        return selection_from_mask(features, valid & (valid.long().cumsum(dim=1) <= budgets[:, None]))
 
 
 class Recorder(KeepFirst):
@@ -64,14 +53,6 @@ def inputs_for(family, bundle, images, texts, **kwargs):
     token = "<start_of_image>" if family == "gemma3" else "<image_soft_token>"
     nested = [item if isinstance(item, list) else [item] for item in images]
     return bundle.inputs(nested, [prompt(text, count, token) for text, count in texts], **kwargs)
-
-
-def assert_same_as_model(bundle, pruned, inputs) -> None:
-    with torch.no_grad():
-        expected, actual = bundle.model(**inputs).logits, pruned(**inputs).logits
-    assert torch.equal(actual, expected)
-    assert pruned.last.tokens_after == pruned.last.tokens_before
-    assert torch.equal(pruned.generate(**inputs, **GENERATE), bundle.model.generate(**inputs, **GENERATE))
 
 
 def blocks(type_ids: torch.Tensor) -> list[int]:
@@ -160,14 +141,7 @@ def test_generate_at_half_and_adaptive_with_a_token_selector(family, bundles, ma
     images = [random_image(16, 32, seed=10), random_image(16, 16, seed=11)]
     inputs = inputs_for(family, bundle, images, [("what is in it ?", 1), ("describe it", 1)])
     pruned = WRAPPERS[family](bundle.model, make_selector(), keep=0.5)
-    out = pruned.generate(**inputs, **GENERATE)
-    assert out.shape[1] == pruned.last.input_ids.shape[1] + 4
-    assert all(a < b for a, b in zip(pruned.last.tokens_after, pruned.last.tokens_before))
-    counts = []
-    for threshold in (0.0, 0.5, 1.01):
-        out = pruned.generate(**inputs, keep=None, threshold=threshold, **GENERATE)
-        assert out.shape[1] == pruned.last.input_ids.shape[1] + 4
-        counts.append(sum(pruned.last.tokens_after))
+    counts = adaptive_counts(pruned, inputs, GENERATE)
     assert counts[0] == sum(pruned.last.tokens_before) >= counts[1] >= counts[2] == 2
 
 

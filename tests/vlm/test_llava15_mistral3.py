@@ -4,29 +4,18 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vlm.builders import GENERATE, KeepFirst, adaptive_counts, assert_same_as_model
 from vlm.simple_models import build_llava15, build_llava_pixtral, build_mistral3, random_image
 
 from token_reduction.errors import UserError
 from token_reduction.vlm import prune_visual_tokens
-from token_reduction.selection.base import TokenSelection, budgets_per_image, selection_from_mask
+from token_reduction.selection.base import TokenSelection, selection_from_mask
 from token_reduction.vlm.llava15 import PrunedLlava15
 from token_reduction.vlm.mistral3 import PrunedLlavaPixtral, PrunedMistral3
 
 FAMILIES = ("llava15", "mistral3", "llava_pixtral")
 BUILDERS = {"llava15": build_llava15, "mistral3": build_mistral3, "llava_pixtral": build_llava_pixtral}
 WRAPPERS = {"llava15": PrunedLlava15, "mistral3": PrunedMistral3, "llava_pixtral": PrunedLlava15}
-GENERATE = dict(max_new_tokens=4, min_new_tokens=4, do_sample=False)
-
-
-class KeepFirst:
-    """Keep the first ``keep`` tokens of every image (``keep=None``: all of them)."""
-
-    name = "keep_first"
-
-    def select(self, features, keep=None, *, padding_mask=None, extras=None, grid=None, generator=None) -> TokenSelection:
-        valid = torch.ones(features.shape[:2], dtype=torch.bool) if padding_mask is None else ~padding_mask
-        budgets = budgets_per_image(keep if keep is not None else 1.0, valid.sum(dim=1))
-        return selection_from_mask(features, valid & (valid.long().cumsum(dim=1) <= budgets[:, None]))
 
 
 class KeepMasks:
@@ -59,14 +48,6 @@ def bundles():
 
 def positions_from_mask(mask: torch.Tensor) -> torch.Tensor:
     return (mask.long().cumsum(dim=1) - 1).masked_fill(mask == 0, 0)
-
-
-def assert_same_as_model(bundle, pruned, inputs) -> None:
-    with torch.no_grad():
-        expected, actual = bundle.model(**inputs).logits, pruned(**inputs).logits
-    assert torch.equal(actual, expected)
-    assert pruned.last.tokens_after == pruned.last.tokens_before
-    assert torch.equal(pruned.generate(**inputs, **GENERATE), bundle.model.generate(**inputs, **GENERATE))
 
 
 # ------------------------------------------------------------------------------- keep 1.0 == model
@@ -139,14 +120,7 @@ def test_generate_at_half_and_adaptive_with_a_token_selector(family, bundles, ma
     images = [random_image(24, 24, seed=8), random_image(16, 24, seed=9)]
     inputs = bundle.inputs(images, [prompt(family, "what is in it ?"), prompt(family, "describe it")])
     pruned = WRAPPERS[family](bundle.model, make_selector(), keep=0.5)
-    half = pruned.generate(**inputs, **GENERATE)
-    assert half.shape[1] == pruned.last.input_ids.shape[1] + 4
-    assert all(a < b for a, b in zip(pruned.last.tokens_after, pruned.last.tokens_before))
-    counts = []
-    for threshold in (0.0, 0.5, 1.01):
-        out = pruned.generate(**inputs, keep=None, threshold=threshold, **GENERATE)
-        assert out.shape[1] == pruned.last.input_ids.shape[1] + 4
-        counts.append(sum(image.features.shape[0] for image in pruned.last.images))
+    counts = adaptive_counts(pruned, inputs, GENERATE)
     kept_all = sum(pruned.selector_features(**inputs)[i].shape[0] for i in range(2))
     assert counts[0] == kept_all >= counts[1] >= counts[2] == 2  # adaptive mode keeps at least one token per image
 

@@ -6,23 +6,13 @@ import re
 
 import pytest
 import torch
+from vlm.builders import KeepFirst
 
 from token_reduction.cli.chat import chat_main
 from token_reduction.vlm import prune_visual_tokens
-from token_reduction.selection.base import TokenSelection, budgets_per_image, selection_from_mask
+from token_reduction.selection.base import TokenSelection, selection_from_mask
 
 PROMPT = "user : <image> <image> what is in the image ?"
-
-
-class KeepFirst:
-    """Keep the first ``keep`` valid tokens of every crop."""
-
-    name = "keep_first"
-
-    def select(self, features, keep=None, *, padding_mask=None, extras=None, grid=None, generator=None) -> TokenSelection:
-        valid = torch.ones(features.shape[:2], dtype=torch.bool) if padding_mask is None else ~padding_mask
-        budgets = budgets_per_image(keep if keep is not None else 1.0, valid.sum(dim=1))
-        return selection_from_mask(features, valid & (valid.long().cumsum(dim=1) <= budgets[:, None]))
 
 
 class FixedCounts:

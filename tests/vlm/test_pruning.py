@@ -4,26 +4,15 @@ from __future__ import annotations
 
 import pytest
 import torch
+from vlm.builders import KeepFirst
 
 from token_reduction.vlm import prune_visual_tokens
 from token_reduction.vlm.llava_onevision import masked_bilinear
 from token_reduction.models.backbone import TrunkConfig
 from token_reduction.models.selector import TokenSelector
-from token_reduction.selection.base import TokenSelection, budgets_per_image, selection_from_mask
+from token_reduction.selection.base import TokenSelection, selection_from_mask
 
 PROMPTS = ["user : <image> what is in the image ?", "user : <image> describe it"]
-
-
-class KeepFirst:
-    """A baseline-like method: keep the first ``keep`` valid tokens of every crop."""
-
-    name = "keep_first"
-
-    def select(self, features, keep=None, *, padding_mask=None, extras=None, grid=None, generator=None) -> TokenSelection:
-        valid = torch.ones(features.shape[:2], dtype=torch.bool) if padding_mask is None else ~padding_mask
-        budgets = budgets_per_image(keep if keep is not None else 1.0, valid.sum(dim=1))
-        rank = valid.long().cumsum(dim=1)
-        return selection_from_mask(features, valid & (rank <= budgets[:, None]))
 
 
 class FixedCounts:

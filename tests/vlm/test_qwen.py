@@ -14,21 +14,14 @@ from typing import Any, Iterator
 import pytest
 import torch
 
-from vlm.qwen_models import FAMILIES, IMAGE, NEW, build_qwen, generate, random_image, scenario, video_inputs
+from vlm.qwen_models import FAMILIES, IMAGE, NEW, bundle_cache, generate, random_image, scenario, video_inputs
 from token_reduction.selection.base import TokenSelection
 from token_reduction.vlm.qwen_vl import PrunedQwenVL
 
 
 @pytest.fixture(scope="module")
 def bundles() -> Any:
-    cache: dict[str, Any] = {}
-
-    def get(family: str) -> Any:
-        if family not in cache:
-            cache[family] = build_qwen(family)
-        return cache[family]
-
-    return get
+    return bundle_cache()
 
 
 @contextlib.contextmanager

@@ -13,20 +13,13 @@ from typing import Any
 import pytest
 import torch
 
-from vlm.qwen_models import FAMILIES, NEW, build_qwen, generate, scenario
+from vlm.qwen_models import FAMILIES, NEW, bundle_cache, generate, scenario
 from token_reduction.vlm.qwen_vl import PrunedQwenVL
 
 
 @pytest.fixture(scope="module")
 def bundles() -> Any:
-    cache: dict[str, Any] = {}
-
-    def get(family: str) -> Any:
-        if family not in cache:
-            cache[family] = build_qwen(family)
-        return cache[family]
-
-    return get
+    return bundle_cache()
 
 
 def wrappers(bundle: Any, make_selector: Any) -> tuple[PrunedQwenVL, PrunedQwenVL]:

@@ -7,33 +7,25 @@ import re
 import numpy as np
 import pytest
 import torch
+from vlm.builders import KeepFirst
 
 from token_reduction.cli.chat import chat_main
 from token_reduction.vlm import prune_visual_tokens
+from token_reduction.vlm.processors import load_processor
 from token_reduction.vlm.video import (
     build_video_prompt,
     frames_to_pixels,
-    load_processor,
     prune_video_tokens,
     tokens_per_frame,
     video_inputs,
     video_placeholders,
 )
 from token_reduction.selection import get_method
-from token_reduction.selection.base import TokenSelection, budgets_per_image, selection_from_mask
+from token_reduction.selection.base import TokenSelection, selection_from_mask
 from token_reduction.extraction.video_frames import frame_files, read_frames, uniform_indices
 
 FRAMES = 4
 PER_FRAME = 4  # 16x16 frames of 4x4 patches: a 4x4 grid, pooled 2x2 -> 2x2
-
-
-class KeepFirst:
-    name = "keep_first"
-
-    def select(self, features, keep=None, *, padding_mask=None, extras=None, grid=None, generator=None) -> TokenSelection:
-        valid = torch.ones(features.shape[:2], dtype=torch.bool) if padding_mask is None else ~padding_mask
-        budgets = budgets_per_image(keep if keep is not None else 1.0, valid.sum(dim=1))
-        return selection_from_mask(features, valid & (valid.long().cumsum(dim=1) <= budgets[:, None]))
 
 
 class Recorder(KeepFirst):

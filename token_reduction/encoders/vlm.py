@@ -236,7 +236,7 @@ def tile_views(rows: int, cols: int, side: Size, overview: str) -> list[CropView
 
 def images_kwargs_for(config: Any) -> dict[str, Any]:
     """What the family's processor adds to every image-processor call (class defaults; Pixtral's patch size)."""
-    from token_reduction.vlm.video import processor_class_for
+    from token_reduction.vlm.processors import processor_class_for
 
     if config.model_type in ("mistral3", "llava"):  # PixtralProcessor needs torchvision; its one image setting:
         merge = int(getattr(config, "spatial_merge_size", 1) if config.model_type == "mistral3" else 1)

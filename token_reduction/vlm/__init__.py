@@ -83,14 +83,15 @@ def load_pruned_llava(
     before any weights load. The model loads through ``AutoModelForImageTextToText``, the
     processor through ``AutoProcessor``, or, where that needs a package that is not installed
     (torchvision, num2words), as the family's processor class rebuilt from its image processor and
-    tokenizer (see :func:`~token_reduction.vlm.video.load_processor`).
+    tokenizer (see :func:`~token_reduction.vlm.processors.load_processor`).
     ``dtype="auto"`` means bfloat16 on CUDA and float32 elsewhere. The tokenizer pads on the left,
     as batched generation needs. ``temporal`` and ``temporal_options`` set how videos are pruned
     (see :func:`token_reduction.vlm.video.prune_video_tokens`).
     """
     from transformers import AutoConfig, AutoModelForImageTextToText
 
-    from token_reduction.vlm.video import load_processor, prune_video_tokens
+    from token_reduction.vlm.processors import load_processor
+    from token_reduction.vlm.video import prune_video_tokens
 
     wrapper_for(AutoConfig.from_pretrained(pretrained), where=str(pretrained))
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))

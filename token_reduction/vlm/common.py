@@ -13,7 +13,7 @@ The pipeline for one call is the same for LLaVA-NeXT and LLaVA-OneVision:
    ``forward`` and ``generate`` both accept (``generate`` uses it for the prefill step only).
 
 Nothing in the wrapped model is patched. This module holds what does not depend on the family:
-calling the selector and the :class:`PrunedLlava` wrapper; :mod:`token_reduction.vlm.sequence`
+the :class:`PrunedLlava` wrapper (:mod:`token_reduction.vlm.selector` calls the selector); :mod:`token_reduction.vlm.sequence`
 rebuilds the token sequence (its names are re-exported here).
 ``llava_next.py`` encodes images over LLaVA-NeXT's AnyRes geometry; ``llava_onevision.py`` adds OneVision's
 differences, including videos (frames pruned on the pooled grid the LLM reads, per frame or across
@@ -29,7 +29,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from token_reduction.selection.base import Budget, SelectionMethod, resolve_budget
+from token_reduction.selection.base import Budget, SelectionMethod
+from token_reduction.vlm.selector import (  # noqa: F401  (re-exported: families import them from here)
+    accepts_threshold,
+    check_selector,
+    run_selector,
+    select_per_grid,
+    validate_keep,
+)
 from token_reduction.vlm.sequence import (  # noqa: F401  (re-exported: families import them from here)
     PrunedImage,
     PrunedInputs,
@@ -44,84 +51,6 @@ from token_reduction.vlm.sequence import (  # noqa: F401  (re-exported: families
 
 UNSET: Any = object()
 """Sentinel for per-call arguments: "use the value given to :func:`prune_visual_tokens`"."""
-
-# --------------------------------------------------------------------------------- the selector
-def check_selector(selector: Any, feature_dim: int, where: str) -> None:
-    """Fail early, naming both dims, when a selector cannot read this tower's features."""
-    if not callable(getattr(selector, "select", None)):
-        raise TypeError(f"selector must implement SelectionMethod.select(features, keep, ...), got {type(selector).__name__}")
-    dim = getattr(selector, "dim", None)
-    if dim is not None and int(dim) != feature_dim:
-        raise ValueError(
-            f"selector expects {dim}-dim features but {where} produces {feature_dim}-dim features; "
-            "it was trained for another vision encoder (or another vision_feature_layer)"
-        )
-    missing = tuple(getattr(selector, "requires", ()) or ())
-    if missing:
-        raise ValueError(
-            f"selection method '{getattr(selector, 'name', type(selector).__name__)}' needs encoder extras {missing}, "
-            "which the LLaVA wrapper does not compute; use a method that only reads features"
-        )
-
-
-def accepts_threshold(selector: Any) -> bool:
-    try:
-        params = inspect.signature(selector.select).parameters
-    except (TypeError, ValueError):
-        return False
-    return "threshold" in params or any(p.kind is p.VAR_KEYWORD for p in params.values())
-
-
-def validate_keep(keep: Budget | None) -> Budget | None:
-    """``keep`` unchanged, or the same ``ValueError`` the selection helpers would raise later."""
-    if keep is not None:
-        resolve_budget(keep, 1)
-    return keep
-
-
-def run_selector(
-    selector: SelectionMethod,
-    features: Tensor,
-    valid: Tensor,
-    keep: Budget | None,
-    threshold: float | None = None,
-    grid: tuple[int, int] | None = None,
-) -> tuple[Tensor, Tensor]:
-    """Keep mask ``(C, N)`` and features (merged tokens written at their representative positions).
-
-    Crops without a single valid token are not shown to the selector at all.
-    """
-    check_selector(selector, features.shape[-1], "the vision tower")
-    num_crops, num_tokens, _ = features.shape
-    mask = torch.zeros(num_crops, num_tokens, dtype=torch.bool, device=features.device)
-    rows = valid.any(dim=1)
-    if not bool(rows.any()):
-        return mask, features
-    params = next(iter(selector.parameters()), None) if isinstance(selector, nn.Module) else None
-    inputs = features[rows]
-    if params is not None:
-        inputs = inputs.to(device=params.device, dtype=params.dtype)
-    padding = ~valid[rows]
-    kwargs: dict[str, Any] = {"padding_mask": padding.to(inputs.device) if bool(padding.any()) else None, "grid": grid}
-    if threshold is not None:
-        if not accepts_threshold(selector):
-            raise ValueError(f"selector '{getattr(selector, 'name', type(selector).__name__)}' has no threshold; pass keep= instead")
-        kwargs["threshold"] = threshold
-    selection = selector.select(inputs, keep, **kwargs)
-    if selection.indices.shape[0] != inputs.shape[0]:
-        raise ValueError(f"selector returned {selection.indices.shape[0]} selections for {inputs.shape[0]} crops")
-    # Index only valid slots: padding slots point at position 0 and must not overwrite it.
-    slots = selection.valid.to(features.device)
-    crop_ids = rows.nonzero().squeeze(1)
-    crop_of_slot = crop_ids[:, None].expand_as(slots)[slots]
-    positions = selection.indices.to(features.device)[slots]
-    mask[crop_of_slot, positions] = True
-    mask &= valid
-    if selection.merged:
-        features = features.clone()
-        features[crop_of_slot, positions] = selection.tokens.to(features)[slots]
-    return mask, features
-
 
 # ---------------------------------------------------------------------------------- the wrapper
 class PrunedLlava:
@@ -138,7 +67,8 @@ class PrunedLlava:
 
     Hooks for families (class attributes, all optional): :attr:`family_kwargs`,
     :attr:`video_kwargs`, :attr:`vision_kwargs`, :attr:`generate_only_kwargs`,
-    :attr:`token_kwargs`, :attr:`selector_where`; and :meth:`record_encoder_output` from inside :meth:`encode_images`.
+    :attr:`token_kwargs`, :attr:`tokens_by_name`, :attr:`selector_where`; :meth:`decided_drops`; and
+    :meth:`record_encoder_output` from inside :meth:`encode_images`.
     """
 
     family = "llava"
@@ -157,6 +87,8 @@ class PrunedLlava:
     token_kwargs: tuple[str, ...] = ("shift_labels", "token_type_ids", "mm_token_type_ids")
     """Per-token ``(B, L)`` inputs that are compacted with ``input_ids`` when given."""
     selector_where = "the {family} vision tower (vision_feature_layer={config.vision_feature_layer})"
+    tokens_by_name = False
+    """Whether :attr:`token_kwargs` passed to :meth:`prepare` by name (``prepare(**processor_outputs)``) join ``extra``."""
 
     def __init__(
         self,
@@ -279,6 +211,8 @@ class PrunedLlava:
         temporal = self.temporal if temporal is UNSET else bool(temporal)
         video = {name: family.pop(name) for name in self.video_kwargs if name in family}
         options = {name: value for name in self.vision_kwargs if (value := family.pop(name, None)) is not None}
+        if self.tokens_by_name:
+            extra = dict(extra or {}) | {name: family.pop(name) for name in self.token_kwargs if family.get(name) is not None}
         if pixel_values is None and not self.has_videos(video):
             raise ValueError("nothing to prune: pass pixel_values (images) or video pixels")
         self._fields = {}
@@ -299,9 +233,17 @@ class PrunedLlava:
             embed=self.embed_token if inputs_embeds is not None else None,
             extra=extra,
             fields=self._fields,
+            **self.decided_drops(input_ids, inputs_embeds, images),
         )
         self.last = prepared
         return prepared
+
+    def decided_drops(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, images: list[PrunedImage]) -> dict[str, Tensor]:
+        """Hook: ``dropped``/``layout`` for :func:`shorten_placeholders` when placeholder runs interleave layout tokens.
+
+        Empty by default: each image's run of placeholders is contiguous and loses its tail.
+        """
+        return {}
 
     def pad_token_id(self) -> int:
         """Any id works under a zero attention mask; prefer the model's own pad id for readable outputs."""

@@ -27,17 +27,15 @@ What pruning does, and why:
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from token_reduction.errors import UserError
-from token_reduction.selection.base import Budget, SelectionMethod
-from token_reduction.vlm.common import PrunedImage, PrunedInputs, PrunedLlava, PrunedVideo, check_selector, run_selector, validate_keep
-from token_reduction.vlm.compact import select_per_grid
+from token_reduction.selection.base import Budget
+from token_reduction.vlm.common import PrunedImage, PrunedInputs, PrunedLlava, PrunedVideo, run_selector, select_per_grid
 from token_reduction.vlm.video import select_frames
 
 
@@ -54,33 +52,10 @@ def stacked_or_per_token(features: list[Tensor]) -> Tensor:
 
 
 class GemmaWrapper(PrunedLlava):
-    """Shared ``__init__``: the base's, minus ``config.vision_feature_layer`` (Gemma reads the tower's last layer)."""
+    """Shared by Gemma 3 and 4: no ``config.vision_feature_layer`` (Gemma reads the tower's last layer)."""
 
-    def __init__(
-        self,
-        model: nn.Module,
-        selector: SelectionMethod,
-        keep: Budget | None = None,
-        threshold: float | None = None,
-        padding_side: str | None = None,
-        temporal: bool = False,
-        temporal_options: dict[str, Any] | None = None,
-    ) -> None:
-        if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
-            raise RuntimeError(f"{type(model).__name__}.forward has no `mm_encoder_outputs` argument; pruning needs transformers >= 5")
-        self.model = model
-        self.inner = model.model
-        self.selector = selector
-        self.keep = validate_keep(keep)
-        self.threshold = threshold
-        self.padding_side = padding_side
-        self.temporal = bool(temporal)
-        self.temporal_options: dict[str, Any] = dict(temporal_options or {})
-        check_selector(selector, self.feature_dim, f"the {self.family} pooled vision tokens")
-        if isinstance(selector, nn.Module):
-            selector.to(self.device).eval()
-        self.last: PrunedInputs | None = None
-        self._fields: dict[str, dict[str, Any]] = {}
+    selector_where = "the {family} pooled vision tokens"
+    tokens_by_name = True
 
     @property
     def feature_dim(self) -> int:
@@ -133,13 +108,12 @@ class PrunedGemma3(GemmaWrapper):
             tokens = torch.where(merged[..., None], remade, tokens)
         return [PrunedImage(row[kept], int(row.shape[0])) for row, kept in zip(tokens, mask)]
 
-    def prepare(self, *args: Any, extra: dict[str, Tensor] | None = None, **kwargs: Any) -> PrunedInputs:
+    def prepare(self, *args: Any, **kwargs: Any) -> PrunedInputs:
         """The shared prepare, with ``token_type_ids`` compacted as a per-token input and image outputs as one tensor.
 
         Per-token inputs passed by name (``prepare(**processor_outputs)``) join ``extra``.
         """
-        extra = dict(extra or {}) | {name: kwargs.pop(name) for name in self.token_kwargs if kwargs.get(name) is not None}
-        prepared = super().prepare(*args, extra=extra or None, **kwargs)
+        prepared = super().prepare(*args, **kwargs)
         image = prepared.mm_encoder_outputs.get("image")
         if image is not None:
             fields = {name: value for name, value in image.items() if name != "pooler_output"}
@@ -238,14 +212,13 @@ class PrunedGemma4(GemmaWrapper):
         embedded = self.inner.embed_vision(inputs_embeds=torch.cat(chosen)).split([len(f) for f in frames])
         return [PrunedVideo(row[mask], int(row.shape[0]), newlines=0) for row, mask in zip(embedded, masks)]
 
-    def prepare(self, *args: Any, extra: dict[str, Tensor] | None = None, **kwargs: Any) -> PrunedInputs:
+    def prepare(self, *args: Any, **kwargs: Any) -> PrunedInputs:
         """The shared prepare; ``mm_token_type_ids`` passed by name (``prepare(**processor_outputs)``) are compacted too.
 
         Videos come back one per video (``frames_before``/``frames_after`` per frame), not per frame.
         """
-        extra = dict(extra or {}) | {name: kwargs.pop(name) for name in self.token_kwargs if kwargs.get(name) is not None}
         frames_per_video = kwargs.get("num_frames_per_video")
-        prepared = super().prepare(*args, extra=extra or None, **kwargs)
+        prepared = super().prepare(*args, **kwargs)
         if prepared.videos and frames_per_video is not None:
             videos, start = [], 0
             for count in torch.as_tensor(frames_per_video).tolist():

@@ -36,15 +36,14 @@ row is always a global one) unless :attr:`PrunedIdefics3.global_image_token_id` 
 
 from __future__ import annotations
 
-import inspect
 from typing import Any
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from token_reduction.errors import UserError
-from token_reduction.selection.base import Budget, SelectionMethod
-from token_reduction.vlm.common import PrunedImage, PrunedInputs, PrunedLlava, check_selector, run_selector, validate_keep
+from token_reduction.selection.base import Budget
+from token_reduction.vlm.common import PrunedImage, PrunedInputs, PrunedLlava, run_selector
 from token_reduction.vlm.internvl import PrunedCrops, group_crops
 from token_reduction.vlm.sequence import placeholder_slots
 
@@ -56,28 +55,7 @@ class PrunedIdefics3(PrunedLlava):
     family_kwargs = ("pixel_attention_mask",)
     global_image_token_id: int | None = None
     """Id of ``<global-img>``; ``None``: read off the prompt (the tag before each row's last crop)."""
-
-    def __init__(
-        self,
-        model: nn.Module,
-        selector: SelectionMethod,
-        keep: Budget | None = None,
-        threshold: float | None = None,
-        padding_side: str | None = None,
-        temporal: bool = False,
-        temporal_options: dict[str, Any] | None = None,
-    ) -> None:
-        # The shared __init__, minus config.vision_feature_layer, which Idefics3 lacks (it reads the last layer).
-        if "mm_encoder_outputs" not in inspect.signature(model.forward).parameters:
-            raise UserError(type(model).__name__, "forward", "has no mm_encoder_outputs argument; install transformers >= 5")
-        self.model, self.inner, self.selector = model, model.model, selector
-        self.keep, self.threshold, self.padding_side = validate_keep(keep), threshold, padding_side
-        self.temporal, self.temporal_options = bool(temporal), dict(temporal_options or {})
-        check_selector(selector, self.feature_dim, f"the {self.family} vision tower after its {self.scale}x{self.scale} pixel shuffle")
-        if isinstance(selector, nn.Module):
-            selector.to(self.device).eval()
-        self.last: PrunedInputs | None = None
-        self._fields: dict[str, dict[str, Any]] = {}
+    selector_where = "the {family} vision tower after its {config.scale_factor}x{config.scale_factor} pixel shuffle"
 
     # ------------------------------------------------------------------------------ geometry
     @property

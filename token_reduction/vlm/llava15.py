@@ -85,7 +85,6 @@ class PrunedLlava15(PrunedLlava):
     def selector_grids(self, pixel_values: Tensor, **processor_outputs: Any) -> list[tuple[int, int] | None]:
         """The token grid of each image of :meth:`selector_features` (``None``: not a plain patch grid)."""
         _, strategy = self.feature_options(None, processor_outputs.get("vision_feature_select_strategy"))
-        vision = self.config.vision_config
         tower = getattr(self.inner.vision_tower, "vision_model", self.inner.vision_tower)
         positions = getattr(getattr(tower, "embeddings", None), "num_positions", None)
         if positions is None:  # an unknown tower: count its tokens on the first image

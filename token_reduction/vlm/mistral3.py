@@ -39,8 +39,7 @@ from torch import Tensor
 
 from token_reduction.errors import UserError
 from token_reduction.selection.base import Budget
-from token_reduction.vlm.common import UNSET, PrunedImage, PrunedInputs, PrunedLlava, placeholder_slots, validate_keep
-from token_reduction.vlm.compact import select_per_grid, shorten_dropped
+from token_reduction.vlm.common import PrunedImage, PrunedInputs, PrunedLlava, placeholder_slots, select_per_grid
 from token_reduction.vlm.llava15 import PrunedLlava15, selected_layers
 
 
@@ -108,6 +107,7 @@ class PrunedPixtralRows(PrunedLlava):
 
     family = "mistral3"
     vision_kwargs = ("vision_feature_layer",)
+    tokens_by_name = True
 
     # ------------------------------------------------------------------------------ family hooks
     @property
@@ -176,45 +176,20 @@ class PrunedPixtralRows(PrunedLlava):
             RowImage(tokens[mask], r * (c + 1), mask.view(r, c)) for tokens, mask, (r, c) in zip(projected, masks, grids)
         ]
 
-    def prepare(
-        self,
-        input_ids: Tensor | None,
-        pixel_values: Tensor | None = None,
-        image_sizes: Tensor | None = None,
-        attention_mask: Tensor | None = None,
-        *,
-        position_ids: Tensor | None = None,
-        labels: Tensor | None = None,
-        keep: Budget | None = UNSET,
-        threshold: float | None = UNSET,
-        temporal: bool = UNSET,
-        padding_side: str | None = None,
-        inputs_embeds: Tensor | None = None,
-        extra: dict[str, Tensor] | None = None,
-        **family: Any,
-    ) -> PrunedInputs:
-        """Encode and prune the images, then drop their pruned ``[IMG]`` and the emptied rows' separators."""
+    def prepare(self, input_ids: Tensor | None, pixel_values: Tensor | None = None, *args: Any, **kwargs: Any) -> PrunedInputs:
+        """The shared prepare, dropping each image's pruned ``[IMG]`` and the emptied rows' separators."""
         where = type(self).__name__
-        if input_ids is None and inputs_embeds is None:
+        if input_ids is None and kwargs.get("inputs_embeds") is None:
             raise UserError(where, "input_ids", "pass input_ids or inputs_embeds: they hold the [IMG] rows to shorten")
         if pixel_values is None:
             raise UserError(where, "pixel_values", "nothing to prune: pass the processor's pixel_values")
-        keep = self.keep if keep is UNSET else validate_keep(keep)
-        threshold = self.threshold if threshold is UNSET else threshold
-        options = {name: value for name in self.vision_kwargs if (value := family.pop(name, None)) is not None}
-        extra = dict(extra or {}) | {name: family.pop(name) for name in self.token_kwargs if family.get(name) is not None}
-        self._fields = {}
-        images = self.encode_images(pixel_values, image_sizes, keep, threshold, **family, **options)
+        return super().prepare(input_ids, pixel_values, *args, **kwargs)
+
+    def decided_drops(self, input_ids: Tensor | None, inputs_embeds: Tensor | None, images: list[PrunedImage]) -> dict[str, Tensor]:
+        """Pruned ``[IMG]`` and emptied rows' separators, decided row by row (:func:`row_layout_dropped`)."""
         embed = self.embed_token if inputs_embeds is not None else None
-        slots = placeholder_slots(input_ids, inputs_embeds, self.config.image_token_id, embed)
-        dropped, spans = row_layout_dropped(slots, images)
-        prepared = shorten_dropped(
-            input_ids, attention_mask, dropped, spans, images, pad_token_id=self.pad_token_id(),
-            padding_side=padding_side or self.padding_side, position_ids=position_ids, labels=labels,
-            inputs_embeds=inputs_embeds, embed=embed, extra=extra, fields=self._fields,
-        )  # fmt: skip
-        self.last = prepared
-        return prepared
+        dropped, spans = row_layout_dropped(placeholder_slots(input_ids, inputs_embeds, self.config.image_token_id, embed), images)
+        return {"dropped": dropped, "layout": spans}
 
 
 class PrunedMistral3(PrunedPixtralRows):

@@ -42,7 +42,7 @@ from transformers.modeling_outputs import BaseModelOutputWithPooling
 
 from token_reduction.errors import UserError
 from token_reduction.selection.base import Budget, SelectionMethod
-from token_reduction.vlm.common import UNSET, PrunedInputs, PrunedLlava, run_selector, validate_keep
+from token_reduction.vlm.common import UNSET, PrunedInputs, PrunedLlava, select_per_grid, validate_keep
 from token_reduction.vlm.qwen_positions import (
     QwenImage,
     QwenPrunedInputs,
@@ -122,26 +122,15 @@ class PrunedQwenVL(PrunedLlava):
         for item, (t, h, w) in zip(tokens, grids):
             if item.shape[0] != t * h * w:
                 raise ValueError(f"the vision tower gave {item.shape[0]} tokens for a {t}x{h}x{w} merged grid")
-        masks: list[Tensor] = [torch.empty(0)] * len(tokens)
-        chosen: list[Tensor] = [torch.empty(0)] * len(tokens)
         if temporal:
+            masks: list[Tensor] = [torch.empty(0)] * len(tokens)
+            chosen: list[Tensor] = [torch.empty(0)] * len(tokens)
             for i, (item, (t, h, w)) in enumerate(zip(tokens, grids)):
                 frames = item.view(t, h * w, -1)
                 mask, picked, _ = select_frames(self.selector, frames, keep, threshold, (h, w), True, self.temporal_options)
                 masks[i], chosen[i] = mask.reshape(-1), picked.reshape(item.shape)
             return masks, chosen
-        groups: dict[tuple[int, int], list[int]] = {}
-        for i, (_, h, w) in enumerate(grids):
-            groups.setdefault((h, w), []).append(i)
-        for (h, w), members in groups.items():
-            crops = torch.cat([tokens[i].view(grids[i][0], h * w, -1) for i in members])
-            valid = torch.ones(crops.shape[:2], dtype=torch.bool, device=crops.device)
-            mask, picked = run_selector(self.selector, crops, valid, keep, threshold, (h, w))
-            start = 0
-            for i in members:
-                stop = start + grids[i][0]
-                masks[i], chosen[i] = mask[start:stop].reshape(-1), picked[start:stop].reshape(tokens[i].shape)
-                start = stop
+        return select_per_grid(self.selector, tokens, [(h, w) for _, h, w in grids], keep, threshold, [t for t, _, _ in grids])
         return masks, chosen
 
     def encode_images(

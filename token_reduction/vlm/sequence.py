@@ -180,6 +180,7 @@ def shorten_placeholders(
     extra: dict[str, Tensor] | None = None,
     fields: dict[str, dict[str, Any]] | None = None,
     dropped: Tensor | None = None,
+    layout: Tensor | None = None,
 ) -> PrunedInputs:
     """Cut each image's (and video's) placeholder run to its kept length and re-pad the batch.
 
@@ -191,7 +192,8 @@ def shorten_placeholders(
     pruned batch is padded (the rule ``generate`` uses). Tokens the caller masked out inside a row
     stay (masked); only the padding at the padding side is re-laid. ``fields`` go to
     :func:`encoder_outputs`. ``dropped`` ``(B, L)``: the positions to remove, decided by the caller
-    (for families whose placeholder runs interleave layout tokens) instead of by matching items to runs.
+    (for families whose placeholder runs interleave layout tokens) instead of by matching items to runs;
+    ``layout`` ``(B, L)``: those layout tokens, which stay in place like placeholders even where masked.
     """
     reference = input_ids if input_ids is not None else inputs_embeds
     if reference is None:
@@ -215,6 +217,8 @@ def shorten_placeholders(
         if not decided:
             mark_dropped(video_slots, dropped, videos, "video")
         slots = slots | video_slots
+    if layout is not None:
+        slots = slots | layout.to(device=device, dtype=torch.bool)
     outputs = encoder_outputs(images, videos, fields)
     count = int(dropped.sum())
     if count == 0:  # keep=1.0: the caller's own tensors, untouched
