@@ -19,18 +19,13 @@ from token_reduction.training.checkpoints import read_checkpoint
 HELD_OUT = ("val/", "test/")  # metric prefixes logged on data the selector was not trained on
 
 
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Read a Lightning checkpoint without executing code (``weights_only=True``); errors name the file."""
-    return read_checkpoint(path)
-
-
 def selector_from_checkpoint(path: str | Path) -> TokenSelector:
     """Rebuild the trained :class:`TokenSelector` from a ``TokenReductionModule`` checkpoint.
 
     The selector carries ``training_hparams`` and ``provenance`` (training data, held-out metrics)
     for :func:`export_selector`.
     """
-    checkpoint = load_checkpoint(path)
+    checkpoint = read_checkpoint(path)
     hparams = checkpoint.get("hyper_parameters")
     if not hparams or "dim" not in hparams:
         raise CheckpointError(path, "hyper_parameters.dim", "missing; not a checkpoint written by `token-reduction fit`")
