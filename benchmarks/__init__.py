@@ -13,6 +13,17 @@ Benchmarks (one module each, each with ``run(ctx) -> dict``):
 * ``extraction`` - images/s of ``extract`` (pixels and a tiny CLIP) vs the encoder alone;
 * ``llava_prefill`` - LLaVA-OneVision prefill vs keep ratio (``benchmarks/llava_prefill.py``);
 * ``scaling`` - selector and training-step cost vs token count, with a log-log plot.
+
+``--full-cpu`` runs other benchmarks, at real size on the machine at hand (about 25 minutes on 2
+cores), into ``results-full-cpu.json``:
+
+* ``selector_cost`` - selector trunks (paper width down to 128) against full-depth CLIP-L/SigLIP
+  towers, in float32 / bfloat16 / float16, joined with each trunk's held-out quality
+  (``benchmarks/selector_quality.py``): the table the default selector trunk is chosen from;
+* ``vlm_ttft`` - LLaVA-OneVision-0.5B, Qwen2.5-VL-3B, Qwen3-VL-2B, Gemma 3 4B at full depth: time to
+  first token by stage at every keep ratio, peak memory, KV cache;
+* ``batched_generate`` - ``generate`` of 8 prompts with images, 32 new tokens: tokens/s at keep 1.0
+  vs 0.25 and the largest batch that fits a memory budget.
 """
 
 from __future__ import annotations
@@ -32,9 +43,22 @@ from typing import Any, Callable, Sequence
 import torch
 
 BENCHMARKS = ("selector_overhead", "training_loop", "data_path", "extraction", "llava_prefill", "scaling")
-MODES = ("smoke", "quick", "full")
+FULL_CPU_BENCHMARKS = ("selector_cost", "vlm_ttft", "batched_generate")
+MODES = ("smoke", "quick", "full", "full-cpu")
 HERE = Path(__file__).resolve().parent
 DEFAULT_OUT = HERE / "results.json"
+FULL_CPU_OUT = HERE / "results-full-cpu.json"
+
+
+def benchmarks_for(mode: str) -> tuple[str, ...]:
+    """What a mode runs: ``full-cpu`` its own set, ``smoke`` every benchmark at toy sizes, the rest the original set."""
+    if mode == "full-cpu":
+        return FULL_CPU_BENCHMARKS
+    return BENCHMARKS + FULL_CPU_BENCHMARKS if mode == "smoke" else BENCHMARKS
+
+
+def default_out(mode: str) -> Path:
+    return FULL_CPU_OUT if mode == "full-cpu" else DEFAULT_OUT
 
 
 @dataclass(frozen=True)
@@ -82,6 +106,8 @@ def sizes_for(mode: str) -> Sizes:
             "full", images=360, rounds=5, batch_rounds=(5, 5), tower_layers=None, quality_steps=300, quality_batch=16,
             train_steps=50, loader_min_samples=2048, extract_images=360, scaling_rounds=5,
         )  # fmt: skip
+    if mode == "full-cpu":
+        return Sizes("full-cpu", tower_layers=None)
     if mode == "smoke":
         return Sizes(
             "smoke", encoder="pixels:8@32", images=12, image_size=64, rounds=1, tiny_towers=True, tower_layers=1,
@@ -186,7 +212,7 @@ def run_llava_prefill(ctx: Context) -> dict[str, Any]:
             }
         ],
         "notes": [
-            f"Selector ({results['selector']['trunk']['width'] or 'paper width = dim'}, depth {results['selector']['trunk']['depth']}): "
+            f"Selector (width {results['selector']['trunk']['width'] or 'dim, the paper width'}, depth {results['selector']['trunk']['depth']}): "
             f"{1000 * results['selector_s']:.0f} ms vs vision tower {1000 * results['vision_tower_s']:.0f} ms = {overhead}.",
             "Measured by `benchmarks/llava_prefill.py` (`run(quick, device)`), which also writes `results/llava_prefill.json`. "
             "Its `torch.utils.benchmark.Timer` keeps the Timer default of ONE thread, so its absolute times are single-threaded "
@@ -236,7 +262,7 @@ def run_suite(
     mode: str = "quick",
     only: Sequence[str] | None = None,
     device: str = "cpu",
-    out: str | Path = DEFAULT_OUT,
+    out: str | Path | None = None,
     work: str | Path | None = None,
     log: Callable[[str], None] = print,
     command: str | None = None,
@@ -250,24 +276,28 @@ def run_suite(
     from .timing import threads as using_threads
 
     sizes = sizes_for(mode)
-    count, reason = choose_threads(threads or sizes.threads, device)
+    out = default_out(mode) if out is None else out
+    count, reason = choose_threads(threads or sizes.threads, device, mode)
     with using_threads(count):
         return _run_suite(sizes, only, device, Path(out), work, log, command, reason)
 
 
-def choose_threads(requested: int | None, device: str) -> tuple[int, str]:
+def choose_threads(requested: int | None, device: str, mode: str = "quick") -> tuple[int, str]:
     """Intra-op threads for the run and why.
 
     On a CPU the default is ONE thread: figures are then per core, and they stay steady on a
     machine shared with other jobs, where OpenMP threads that cannot all be scheduled wait for each
     other at every op (on the 2-core development machine a training step took 0.33 s on one thread
-    and 2.7-3.3 s on two while other jobs ran). ``--threads N`` measures with N.
+    and 2.7-3.3 s on two while other jobs ran). ``--threads N`` measures with N. ``full-cpu``
+    measures what a user of this machine gets, so it keeps torch's default.
     """
     default = torch.get_num_threads()
     if requested:
         return requested, "requested with --threads"
     if torch.device(device).type != "cpu":
         return default, "torch default"
+    if mode == "full-cpu":
+        return default, "torch default: what a user of this machine gets (full-cpu mode)"
     return 1, (
         f"the suite's CPU default (torch would use {default}): per-core figures, steady on a shared machine; "
         "--threads N to change"
@@ -291,10 +321,11 @@ def _run_suite(
 
     mode = sizes.mode
 
-    names = list(only) if only else list(BENCHMARKS)
-    unknown = [n for n in names if n not in BENCHMARKS]
+    allowed = benchmarks_for(mode)
+    names = list(only) if only else list(allowed)
+    unknown = [n for n in names if n not in allowed]
     if unknown:
-        raise ValueError(f"unknown benchmark(s) {unknown}; choose from {', '.join(BENCHMARKS)}")
+        raise ValueError(f"unknown benchmark(s) {unknown} for --{mode}; choose from {', '.join(allowed)}")
     if torch.device(device).type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device cuda requested but CUDA is not available")
     started = time.perf_counter()
@@ -310,7 +341,7 @@ def _run_suite(
     if only:
         previous = report.load(out)
         if previous and previous.get("mode") == mode and previous.get("machine", {}).get("device") == str(torch.device(device)):
-            results["benchmarks"] = {k: v for k, v in previous.get("benchmarks", {}).items() if k in BENCHMARKS}
+            results["benchmarks"] = {k: v for k, v in previous.get("benchmarks", {}).items() if k in allowed}
     keep_work = work is not None
     work_dir = Path(work) if keep_work else Path(tempfile.mkdtemp(prefix="token_reduction_bench_"))
     work_dir.mkdir(parents=True, exist_ok=True)
@@ -348,7 +379,7 @@ def _run_suite(
     except OSError:
         pass
     results["wall_s"] = time.perf_counter() - started
-    results["benchmarks"] = {k: results["benchmarks"][k] for k in BENCHMARKS if k in results["benchmarks"]}
+    results["benchmarks"] = {k: results["benchmarks"][k] for k in allowed if k in results["benchmarks"]}
     results["targets"] = [
         {"benchmark": name, **{k: v for k, v in target.items() if k not in ("profiles", "explanation")}}
         for name, entry in results["benchmarks"].items()

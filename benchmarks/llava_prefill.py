@@ -49,8 +49,10 @@ from token_reduction.selection.registry import get_method
 
 try:  # a package module (the suite, tests) or a script next to it
     from benchmarks import prefill_families as families
+    from benchmarks.trunks import default_trunk
 except ImportError:  # pragma: no cover - `python benchmarks/llava_prefill.py` without the repo on sys.path
     import prefill_families as families  # type: ignore[no-redef]
+    from trunks import default_trunk  # type: ignore[no-redef]
 
 KEEPS = (1.0, 0.5, 0.25, 0.1)
 RESULTS = Path(__file__).resolve().parent / "results" / "llava_prefill.json"
@@ -106,16 +108,17 @@ def build_model(shapes: Shapes, device: torch.device, dtype: torch.dtype) -> Any
         vision_feature_layer=-1, vision_feature_select_strategy="full", vision_aspect_ratio="anyres_max_9",
         image_grid_pinpoints=[[i * shapes.image, j * shapes.image] for i in range(1, 7) for j in range(1, 7)],
     )  # fmt: skip
-    with torch.device(device):
-        model = LlavaOnevisionForConditionalGeneration._from_config(config, dtype=dtype)
-    return model.eval()
+    return families.build_random(LlavaOnevisionForConditionalGeneration, config, device, dtype)
 
 
 def load_or_make_selector(path: str | None, width: int | None, dim: int) -> TokenSelector:
-    """An exported selector, or a random one shaped like ``lightning_configs/siglip_so400m_384.yaml``."""
+    """An exported selector, or a random one with ``lightning_configs/siglip_so400m_384.yaml``'s trunk (``width`` overrides its width)."""
     if path:
         return TokenSelector.from_pretrained(path)
-    return TokenSelector(dim, TrunkConfig(width=width, depth=3, heads=16 if width is None else 8)).eval()
+    trunk = default_trunk()
+    if width is not None:
+        trunk = TrunkConfig(width=width, depth=trunk.depth, heads=8 if width % 8 == 0 else 4, mlp_ratio=trunk.mlp_ratio)
+    return TokenSelector(dim, trunk).eval()
 
 
 def seconds(fn: Callable[[], Any], repeats: int, warmup: bool = True) -> float:
@@ -341,7 +344,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--anyres", action="store_true", help="a 768x768 image (base + 2x2 tiles) instead of 384x384")
     parser.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
     parser.add_argument("--selector", default=None, help="exported selector folder (default: random, paper-sized)")
-    parser.add_argument("--selector-width", type=int, default=None, help="width of the random selector (default: feature dim)")
+    parser.add_argument("--selector-width", type=int, default=None, help="width of the random selector (default: the shipped config's trunk; the feature dim for the paper's)")
     parser.add_argument("--repeats", type=int, default=None)
     parser.add_argument("--family", nargs="+", default=[DEFAULT_FAMILY], choices=[*FAMILIES, "all"], help="model families to measure")
     parser.add_argument("--output", default=None, help="results file (default: results/llava_prefill.json, prefill_<family>.json)")

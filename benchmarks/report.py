@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Mapping
 
 MARKDOWN_NAME = "RESULTS.md"
+COMPANIONS = ("results.json", "results-full-cpu.json")  # every mode's results in one folder share its RESULTS.md
 
 
 def atomic_write_text(path: str | os.PathLike[str], text: str) -> Path:
@@ -47,10 +48,17 @@ def load(path: str | os.PathLike[str]) -> dict[str, Any] | None:
 
 
 def write(results: Mapping[str, Any], out: str | os.PathLike[str]) -> tuple[Path, Path]:
-    """``out`` (JSON) and ``RESULTS.md`` in the same folder."""
+    """``out`` (JSON) and ``RESULTS.md`` in the same folder.
+
+    ``RESULTS.md`` holds one section per results file there (``results.json`` for ``--quick`` /
+    ``--full`` / ``--smoke``, ``results-full-cpu.json`` for ``--full-cpu``), so running one mode
+    does not erase the other's figures.
+    """
     out = Path(out)
     json_path = atomic_write_text(out, json.dumps(results, indent=2, default=str) + "\n")
-    md_path = atomic_write_text(out.with_name(MARKDOWN_NAME), markdown(results))
+    documents = [results] + [doc for name in COMPANIONS if out.name != name and (doc := load(out.with_name(name)))]
+    documents.sort(key=lambda doc: doc.get("mode") == "full-cpu")
+    md_path = atomic_write_text(out.with_name(MARKDOWN_NAME), "\n".join(markdown(doc) for doc in documents))
     return json_path, md_path
 
 
@@ -120,7 +128,7 @@ def markdown(results: Mapping[str, Any]) -> str:
             + ".",
             "",
         ]
-    if results["mode"] != "full":
+    if results["mode"] not in ("full", "full-cpu"):
         lines += [
             f"**{results['mode'].upper()} MODE**: reduced sizes (see each section); figures marked *extrapolated* were "
             "not measured at full size. Run `python -m benchmarks --full` for measured full-size figures.",

@@ -26,6 +26,7 @@ import torch
 from token_reduction.models.backbone import TrunkConfig
 from token_reduction.models.selector import TokenSelector
 
+from .random_weights import build_random
 from .timing import LayerClock, interleaved, median, paired_ratio, profile_ops, spread, top_ops
 
 TARGET_PCT = 5.0
@@ -111,12 +112,10 @@ def build_tower(tower: Tower, layers: int, device: torch.device, dtype: torch.dt
     if tower.family == "clip":
         from transformers import CLIPVisionConfig, CLIPVisionModel
 
-        model = CLIPVisionModel(CLIPVisionConfig(**common))
-    else:
-        from transformers import SiglipVisionConfig, SiglipVisionModel
+        return build_random(CLIPVisionModel, CLIPVisionConfig(**common), device, dtype)
+    from transformers import SiglipVisionConfig, SiglipVisionModel
 
-        model = SiglipVisionModel(SiglipVisionConfig(**common, vision_use_head=False))
-    return model.to(device, dtype).eval()
+    return build_random(SiglipVisionModel, SiglipVisionConfig(**common, vision_use_head=False), device, dtype)
 
 
 def encoder_layers(model: torch.nn.Module) -> list[torch.nn.Module]:

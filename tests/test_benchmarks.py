@@ -30,12 +30,12 @@ def positive_number(value) -> bool:
 
 
 def test_suite_writes_json_and_markdown_with_every_benchmark(suite) -> None:
-    from benchmarks import BENCHMARKS
+    from benchmarks import BENCHMARKS, FULL_CPU_BENCHMARKS
 
     _, out = suite
     written = json.loads(out.read_text())
     assert written["mode"] == "smoke"
-    assert set(written["benchmarks"]) == set(BENCHMARKS)
+    assert set(written["benchmarks"]) == set(BENCHMARKS) | set(FULL_CPU_BENCHMARKS)  # smoke runs every mode's benchmarks
     for name, entry in written["benchmarks"].items():
         assert entry["status"] == "ok", f"{name}: {entry.get('error')}"
         assert positive_number(entry["wall_s"])
@@ -83,3 +83,63 @@ def test_only_keeps_the_other_benchmarks(suite, tmp_path: Path) -> None:
     rerun = run_suite("smoke", only=["extraction"], device="cpu", out=copy, log=lambda message: None)
     assert set(rerun["benchmarks"]) == set(results["benchmarks"])
     assert json.loads(copy.read_text())["benchmarks"]["extraction"]["status"] == "ok"
+
+
+def test_full_size_vlm_calls_are_split_into_stages(suite) -> None:
+    """Every case times the unpatched model and each keep; the tower runs once per call and pruning shortens the LLM's input."""
+    results, _ = suite
+    entry = results["benchmarks"]["vlm_ttft"]
+    assert [case["family"] for case in entry["cases"]] == ["llava_onevision", "llava_onevision", "qwen2_5_vl", "qwen3_vl", "gemma3"]
+    for case in entry["cases"]:
+        configs = case["configs"]
+        assert {"unpatched", "keep 1", "keep 0.5", "keep 0.25", "keep 0.1", "adaptive"} <= set(configs)
+        for name, config in configs.items():
+            assert positive_number(config["ttft_s"]) and config["stage_calls"]["vision tower"] == 1, name
+            assert (config["stage_calls"]["selector"] == 0) == (name == "unpatched"), name
+            assert all(seconds >= 0 for seconds in config["stages_s"].values())
+            assert config["kv_cache_mib"] > 0
+        assert configs["keep 1"]["llm_tokens"] == configs["unpatched"]["llm_tokens"]
+        dropped = [configs["unpatched"]["llm_tokens"] - configs[f"keep {k}"]["llm_tokens"] for k in ("1", "0.5", "0.25", "0.1")]
+        assert dropped == sorted(dropped) and dropped[-1] > 0
+        assert configs["keep 0.1"]["kv_cache_mib"] < configs["keep 1"]["kv_cache_mib"]
+    assert "keep 1, paper-width selector" in entry["cases"][0]["configs"]
+    assert {t["name"].split(" (")[0] for t in entry["targets"]} >= {"TTFT at keep 1 vs unpatched", "LLM prefill at keep 0.1 vs keep 1.0"}
+
+
+def test_batched_generate_counts_every_new_token_and_the_memory_per_request(suite) -> None:
+    results, _ = suite
+    entry = results["benchmarks"]["batched_generate"]
+    for name, run in entry["runs"].items():
+        assert run["new_tokens"] == 32 and positive_number(run["tokens_per_s"]), name
+        assert positive_number(run["kv_cache_bytes"])
+    full, pruned = entry["runs"]["keep 1, batch 8"], entry["runs"]["keep 0.25, batch 8"]
+    assert pruned["llm_tokens_per_row"] < full["llm_tokens_per_row"] and pruned["kv_cache_bytes"] < full["kv_cache_bytes"]
+    assert set(entry["fits"]) == {"keep 1", "keep 0.25"}
+
+
+def test_selector_cost_times_every_trunk_and_reads_the_quality_file(suite) -> None:
+    from benchmarks.selector_cost import VARIANTS
+
+    results, _ = suite
+    entry = results["benchmarks"]["selector_cost"]
+    assert set(entry["rows"]) == set(VARIANTS)
+    for row in entry["rows"].values():
+        assert all(positive_number(pct) for pct in row["pct_of_tower"].values())
+    assert entry["shipped"] in VARIANTS
+    for measured in entry["measurements"]:
+        assert {f"paper/{dtype}" for dtype in ("float32", "bfloat16", "float16")} <= set(measured["selectors"])
+
+
+def test_results_md_keeps_each_modes_section(suite, tmp_path: Path) -> None:
+    """A ``--full-cpu`` run beside a ``--quick`` one: RESULTS.md shows both."""
+    from benchmarks import report
+
+    results, out = suite
+    quick = json.loads(out.read_text()) | {"mode": "quick"}
+    full_cpu = quick | {"mode": "full-cpu"}
+    report.write(quick, tmp_path / "results.json")
+    report.write(full_cpu, tmp_path / "results-full-cpu.json")
+    markdown = (tmp_path / "RESULTS.md").read_text()
+    assert markdown.index("(quick mode)") < markdown.index("(full-cpu mode)")
+    report.write(quick, tmp_path / "results.json")  # the quick run again: the full-cpu section stays
+    assert "(full-cpu mode)" in (tmp_path / "RESULTS.md").read_text()
