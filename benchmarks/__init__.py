@@ -367,6 +367,8 @@ def _run_suite(
                 entry["torch_threads"] = torch.get_num_threads()
                 results["benchmarks"][name] = entry
                 log(f"   {name}: {entry['status']} in {entry['wall_s']:.1f} s")
+                _finish(results, allowed, started)
+                report.write(results, out)  # after every benchmark: a run cut short keeps what it measured
     finally:
         _restore(levels)
         if bars:
@@ -374,6 +376,13 @@ def _run_suite(
         if not keep_work:
             shutil.rmtree(work_dir, ignore_errors=True)
     results["prepare_s"] = ctx.prepare_s
+    _finish(results, allowed, started)
+    report.write(results, out)
+    return results
+
+
+def _finish(results: dict[str, Any], allowed: Sequence[str], started: float) -> None:
+    """Wall time, load average, benchmark order and the targets list, as of now."""
     try:
         results["machine"]["load_average_at_end"] = list(os.getloadavg())
     except OSError:
@@ -385,5 +394,3 @@ def _run_suite(
         for name, entry in results["benchmarks"].items()
         for target in entry.get("targets", [])
     ]
-    report.write(results, out)
-    return results

@@ -16,7 +16,7 @@ from typing import Any, Callable
 
 import torch
 
-from .stages import attached, cache_bytes, peak_memory
+from .stages import attached, cache_bytes, output_cache, peak_memory
 from .timing import synchronize
 
 BATCH = 8
@@ -67,7 +67,7 @@ def measure(pruned: Any, model: Any, selector: Any, inputs: dict[str, torch.Tens
         "decode_tokens_per_s": batch * (new - 1) / decode_s if decode_s else None,
         "llm_tokens_per_row": int(pruned.last.attention_mask.sum()) // batch,
         "peak_bytes": peak,
-        "kv_cache_bytes": cache_bytes(output.past_key_values),
+        "kv_cache_bytes": cache_bytes(output_cache(output)),
     }
     del output
     gc.collect()

@@ -34,7 +34,7 @@ import torch
 from .llava_prefill import Shapes, build_model, make_inputs
 from .prefill_families import BUILDERS
 from .report import atomic_write_text
-from .stages import attached, cache_bytes, peak_memory
+from .stages import attached, cache_bytes, output_cache, peak_memory
 from .timing import machine_info, median, paired_ratio, synchronize
 
 OUT = Path(__file__).resolve().parent / "results" / "gpu_run.json"
@@ -91,7 +91,7 @@ def measure_image(model: Any, pruned: Any, selector: Any, inputs: dict[str, Any]
                     wall, (out, peak) = timed(lambda name=name: peak_memory(calls[name], device), device)
                     stages = clock.read()
                 samples[name].append({"ttft_s": wall, "prefill_s": stages["LLM"], "tower_s": stages["vision tower"],
-                                      "selector_s": stages["selector"], "peak_bytes": peak or 0, "kv_bytes": cache_bytes(out.past_key_values)})  # fmt: skip
+                                      "selector_s": stages["selector"], "peak_bytes": peak or 0, "kv_bytes": cache_bytes(output_cache(out))})  # fmt: skip
                 tokens[name] = int(inputs["attention_mask"].sum()) if name == "unpatched" else int(pruned.last.attention_mask.sum())
                 del out
         decode = {name: decode_rate(model, pruned, selector, inputs, name, device) for name in ("unpatched", "keep 1", "keep 0.2")}

@@ -37,6 +37,7 @@ import json
 import os
 import platform
 import shlex
+import shutil
 import subprocess
 import sys
 import time
@@ -159,14 +160,21 @@ def prepare_cache(work: Path, num_images: int | None, images: Path | None) -> tu
 
 
 # ------------------------------------------------------------------------------- train & judge
+def folders(work: Path, cache: Path, config: Path, variant: Variant, seed: int, max_epochs: int | None,
+            train_args: Sequence[str]) -> tuple[Path, Path]:  # fmt: skip
+    """The variant's training run and evaluation folders in ``work`` (named by everything that changes them)."""
+    extra = "" if not train_args else "-x" + hashlib.sha1(" ".join(train_args).encode()).hexdigest()[:8]
+    name = f"{variant.slug()}-e{max_epochs or 'cfg'}{extra}-seed{seed}"
+    return work / slug_of(cache) / "runs" / f"{config.stem}-{name}", work / "evaluation" / f"{variant.name}-{name}"
+
+
 def train_variant(
-    cache: Path, work: Path, config: Path, variant: Variant, seed: int, max_epochs: int | None
+    cache: Path, run_dir: Path, config: Path, variant: Variant, seed: int, max_epochs: int | None, train_args: Sequence[str]
 ) -> tuple[Path, dict[str, Any]]:
     """The demo's :func:`~token_reduction.cli.demo.train` with the variant's selector; its wall time is kept beside the run."""
     from token_reduction.cli.demo import train
 
-    overrides = variant.overrides() + ([] if max_epochs is None else ["--trainer.max_epochs", str(max_epochs)])
-    run_dir = work / slug_of(cache) / "runs" / f"{config.stem}-{variant.slug()}-e{max_epochs or 'cfg'}-seed{seed}"
+    overrides = [*variant.overrides(), *([] if max_epochs is None else ["--trainer.max_epochs", str(max_epochs)]), *train_args]
     timing = run_dir / "train_seconds.json"
     finished = (run_dir / "finished").exists()
     resumed = (run_dir / "tensorboard" / "demo" / "checkpoints" / "last.ckpt").exists() and not finished
@@ -452,6 +460,7 @@ def settings_of(args: argparse.Namespace, config: Path, cache: Path, ocr: str | 
         "ocr": ocr,
         "ocr_pages": args.ocr_pages if ocr else 0,
         "neutral_steps": args.neutral_steps,
+        "train_args": shlex.split(args.train_args),
     }
 
 
@@ -471,6 +480,9 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--num-images", type=int, default=None, help="size of the default set (default: the spec's, as the demo)")
     p.add_argument("--images", default=None, help="an image folder instead of the default set")
     p.add_argument("--neutral-steps", type=int, default=NEUTRAL_DEMO["steps"], help="neutral probe steps (default: the demo's)")
+    p.add_argument("--train-args", default="",
+                   help="more LightningCLI arguments for every variant, e.g. '--model.optim.lr 5e-4' (default none: demo.yaml as is)")
+    p.add_argument("--force", action="store_true", help="measure the given variants again (their run and evaluation folders are deleted)")
     p.add_argument("--baselines", default="demo", help="'demo' (the demo's baselines), 'none', or a comma-separated list")
     return p
 
@@ -490,13 +502,14 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
     config = find_config(args.config)
     ocr = ocr_engine_or_none(args.ocr) if args.ocr_pages > 0 else None
     settings = settings_of(args, config, cache, ocr)
+    train_args = settings["train_args"]
     from token_reduction.cache.feature_cache import FeatureCache
 
     manifest = FeatureCache(cache).manifest
     dim, tokens = manifest.dim, manifest.num_tokens
 
     previous = load(out) or {}
-    same = previous.get("settings") == settings
+    same = {"train_args": [], **(previous.get("settings") or {})} == settings  # files from before --train-args: none
     results: dict[str, Any] = {
         "benchmark": "selector_quality",
         "why": " ".join(__doc__.split("\n\n")[1].split()),
@@ -533,17 +546,20 @@ def main(argv: list[str] | None = None, log: Callable[[str], None] = print) -> d
     for variant in sorted(args.variants, key=lambda v: flops_per_token(v, dim, tokens)["total"]):
         trunk = {"width": variant.width, "depth": variant.depth, "heads": variant.heads, "mlp_ratio": variant.mlp_ratio}
         stored = results["variants"].get(variant.name)
-        if stored and all(stored.get(k) == v for k, v in trunk.items()):
+        if stored and all(stored.get(k) == v for k, v in trunk.items()) and not args.force:
             log(f"== {variant.name}: already in {out} with these settings, skipped")
             continue
         runs, training, precision = {}, {}, []
         for seed in args.seeds:
+            run_dir, eval_dir = folders(work, cache, config, variant, seed, args.max_epochs, train_args)
+            if args.force:  # measure again from scratch: training time included
+                for folder in (run_dir, eval_dir):
+                    shutil.rmtree(folder, ignore_errors=True)
             log(f"== {variant.name} ({variant.slug()}): training seed {seed}")
-            selector, training[seed] = train_variant(cache, work, config, variant, seed, args.max_epochs)
+            selector, training[seed] = train_variant(cache, run_dir, config, variant, seed, args.max_epochs, train_args)
             log(f"== {variant.name}: seed {seed} trained in {training[seed]['train_s']:.0f} s; judging on the held-out split")
             ocr_methods = ["learned"] if ocr else []
-            runs[seed] = judge(cache, work / "evaluation" / f"{variant.name}-{variant.slug()}-seed{seed}", seed, ["learned"],
-                               ocr_methods, selector, ocr, args.ocr_pages, args.neutral_steps)  # fmt: skip
+            runs[seed] = judge(cache, eval_dir, seed, ["learned"], ocr_methods, selector, ocr, args.ocr_pages, args.neutral_steps)
             log(f"== {variant.name}: seed {seed} in bfloat16 / float16")
             precision.append(reduced_precision(cache, selector))
         this_run["measured"].append(variant.name)

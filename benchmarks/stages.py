@@ -155,6 +155,14 @@ def peak_memory(fn: Callable[[], Any], device: str | torch.device) -> tuple[Any,
     return result, max(0, 1024 * _status_kib("VmHWM") - before)
 
 
+def output_cache(output: Any) -> Any:
+    """The KV cache a forward or ``generate`` returned (``cache`` since transformers 5; ``past_key_values`` before)."""
+    for name in ("cache", "past_key_values"):
+        if name in output:  # a ModelOutput lists only the fields that were set
+            return output[name]
+    return None
+
+
 def cache_bytes(cache: Any) -> int:
     """Bytes held by a ``transformers`` KV cache (every layer's keys and values, and any other state)."""
     if cache is None:

@@ -41,7 +41,7 @@ def test_fast_random_weights_keep_every_buffer_of_the_normal_build(family: str) 
 
 
 def test_stage_clock_splits_a_call_and_counts_each_stage_once() -> None:
-    from benchmarks.stages import STAGES, attached, cache_bytes
+    from benchmarks.stages import STAGES, attached, cache_bytes, output_cache
     from token_reduction.models.backbone import TrunkConfig
     from token_reduction.models.selector import TokenSelector
     from token_reduction.vlm import prune_visual_tokens
@@ -57,9 +57,9 @@ def test_stage_clock_splits_a_call_and_counts_each_stage_once() -> None:
     assert clock.calls == {"vision tower": 1, "selector": 1, "projector": 1, "LLM": 1}
     assert set(seconds) == set(STAGES) and all(value > 0 for value in seconds.values())
     assert "select" not in vars(selector)  # detached: the selector is itself again
-    layers = out.past_key_values.layers
+    layers = output_cache(out).layers
     expected = sum(layer.keys.numel() * 4 + layer.values.numel() * 4 for layer in layers)
-    assert cache_bytes(out.past_key_values) == expected and layers[0].keys.shape[-2] == int(pruned.last.attention_mask.sum())
+    assert cache_bytes(output_cache(out)) == expected and layers[0].keys.shape[-2] == int(pruned.last.attention_mask.sum())
 
 
 def test_peak_memory_sees_a_temporary_allocation() -> None:
