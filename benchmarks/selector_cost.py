@@ -69,11 +69,22 @@ def measure(tower: Tower, variants: dict[str, TrunkConfig], half_for: list[str],
     }
 
 
-def load_quality(path: Path = QUALITY_FILE) -> dict[str, Any]:
-    try:
-        return json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
+def load_qualities(folder: Path = QUALITY_FILE.parent) -> list[tuple[str, dict[str, Any]]]:
+    """Every ``selector_quality*.json`` beside the main one, labelled by its extra training arguments.
+
+    ``selector_quality.json`` is the sweep with the demo's recipe (label ""); a file written with
+    ``--train-args`` (e.g. a lower learning rate for the wide trunks) adds rows such as ``paper [lr 5e-4]``.
+    """
+    found = []
+    for path in sorted(folder.glob("selector_quality*.json")):
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            continue
+        args = (data.get("settings") or {}).get("train_args") or []
+        label = "" if not args else " [" + " ".join(a.removeprefix("--model.optim.") for a in args) + "]"
+        found.append((label, data))
+    return sorted(found, key=lambda item: item[0] != "")
 
 
 def quality_of(entry: dict[str, Any] | None) -> dict[str, float] | None:
@@ -86,10 +97,11 @@ def quality_of(entry: dict[str, Any] | None) -> dict[str, float] | None:
 
 
 def recommend(rows: dict[str, dict[str, Any]]) -> tuple[str | None, str]:
-    """The trunk the rule picks, and why."""
-    paper = rows["paper"]["quality"]
-    if paper is None:
+    """The trunk the rule picks, and why; the paper trunk's reference is its best trained run."""
+    papers = [row["quality"] for key, row in rows.items() if key.startswith("paper") and row["quality"]]
+    if not papers:
         return None, "no quality figures for the paper width (run `python -m benchmarks.selector_quality`)"
+    paper = max(papers, key=lambda q: sum(q.values()))
     eligible = [
         key
         for key, row in rows.items()
@@ -115,30 +127,39 @@ def run(ctx: Any) -> dict[str, Any]:
     for tower in towers:
         ctx.log(f"   {tower.label}: tower at full depth vs {len(variants)} selector trunks, {rounds} rounds")
         measured.append(measure(tower, variants, half_for, rounds, ctx.device))
-    quality = load_quality()
+    return report(ctx.smoke, towers, measured, variants, half_for, shipped)
+
+
+def quality_rows(measured: list[dict[str, Any]], towers: list[Tower], variants: dict[str, TrunkConfig]) -> tuple[dict[str, dict[str, Any]], list]:
+    """One row per trunk and quality source: its measured time share joined with its held-out quality."""
+    qualities = load_qualities()
     rows: dict[str, dict[str, Any]] = {}
     for key, trunk in variants.items():
         pct = {m["tower"]: m["selectors"][f"{key}/float32"]["pct_of_tower"] for m in measured}
         flops = {t.key: 100 * selector_flops(t.tokens, t.hidden, trunk) / tower_flops(t) for t in towers}
         params = {t.key: sum(p.numel() for p in TokenSelector(t.hidden, trunk).parameters()) for t in towers}
-        q = quality.get("variants", {}).get(key)
-        rows[key] = {"trunk": asdict(trunk), "pct_of_tower": pct, "worst_pct": max(pct.values()), "flops_pct": flops,
-                     "params": params, "quality": quality_of(q), "quality_entry": q}  # fmt: skip
+        sources = [(label, data["variants"][key]) for label, data in qualities if key in data.get("variants", {})] or [("", None)]
+        for label, entry in sources:
+            rows[key + label] = {"variant": key, "trunk": asdict(trunk), "pct_of_tower": pct, "worst_pct": max(pct.values()),
+                                 "flops_pct": flops, "params": params, "quality": quality_of(entry), "quality_entry": entry}  # fmt: skip
+    return rows, qualities
+
+
+def report(smoke: bool, towers: list[Tower], measured: list[dict[str, Any]], variants: dict[str, TrunkConfig], half_for: list[str],
+           shipped: str | None) -> dict[str, Any]:  # fmt: skip
+    """The suite entry; :func:`rejoin` calls it again when a quality file is added after the timing run."""
+    rows, qualities = quality_rows(measured, towers, variants)
     choice, why = recommend(rows)
-    return report(ctx, towers, measured, rows, half_for, choice, why, shipped, quality)
-
-
-def report(ctx: Any, towers: list[Tower], measured: list[dict[str, Any]], rows: dict[str, dict[str, Any]], half_for: list[str],
-           choice: str | None, why: str, shipped: str | None, quality: dict[str, Any]) -> dict[str, Any]:  # fmt: skip
+    quality = qualities[0][1] if qualities else {}
     def fmt(entry: dict[str, Any] | None, metric: str) -> str:
         return "n/a" if not entry or not entry.get("metrics") else " / ".join(f"{entry['metrics'][metric][k]:.3f}" for k in FRACTIONS)
 
     table = []
     for key, row in rows.items():
-        trunk = VARIANTS[key]
+        trunk = VARIANTS[row["variant"]]
         mark = (" **default**" if key == shipped else "") + (" (rule's pick)" if key == choice else "")
         table.append([
-            describe(key, trunk) + mark,
+            describe(row["variant"], trunk) + key.removeprefix(row["variant"]) + mark,
             " / ".join(f"{row['params'][t.key] / 1e6:.1f}M" for t in towers),
             " / ".join(f"{row['flops_pct'][t.key]:.1f}%" for t in towers),
             " / ".join(f"{row['pct_of_tower'][t.key]:.1f}%" for t in towers),
@@ -158,7 +179,8 @@ def report(ctx: Any, towers: list[Tower], measured: list[dict[str, Any]], rows: 
         targets.append({"name": f"selector at the default trunk ({describe(shipped, VARIANTS[shipped])}), % of the full-depth tower",
                         "target": f"<= {BUDGET_PCT:g}%", "value": worst, "value_text": f"{worst:.1f}% worst of CLIP / SigLIP",
                         "met": worst <= BUDGET_PCT})  # fmt: skip
-        paper_q, default_q = rows["paper"]["quality"], default_row["quality"]
+        papers = [row["quality"] for key, row in rows.items() if key.startswith("paper") and row["quality"]]
+        paper_q, default_q = max(papers, key=lambda q: sum(q.values()), default=None), default_row["quality"]
         if paper_q and default_q:
             ok = all(default_q[m] >= paper_q[m] - TOLERANCE[m] for m in TOLERANCE)
             targets.append({"name": "default trunk's held-out quality vs the paper width's (mean text recall / OCR recall, 20-50 % kept)",
@@ -179,7 +201,7 @@ def report(ctx: Any, towers: list[Tower], measured: list[dict[str, Any]], rows: 
         "bfloat16/float16: the same weights cast, features cast alike; on a CPU the speed depends on its bf16/fp16 "
         "instructions (this one: see `lscpu` flags); held-out agreement of the casts is in the quality file.",
     ]
-    if ctx.smoke:
+    if smoke:
         notes.insert(0, "SMOKE MODE: toy widths; the numbers mean nothing.")
     return {
         "title": "Selector trunk: cost at full tower depth vs held-out quality",
@@ -189,7 +211,7 @@ def report(ctx: Any, towers: list[Tower], measured: list[dict[str, Any]], rows: 
         "rows": rows,
         "recommended": choice,
         "shipped": shipped,
-        "quality_source": {k: quality.get(k) for k in ("command", "date", "git")},
+        "quality_sources": [{"label": label, **{k: data.get(k) for k in ("command", "date", "git")}} for label, data in qualities],
         "tables": [
             {"title": "Trunks (width/depth/MLP ratio): params, FLOPs and time as % of the tower, held-out quality",
              "columns": ["trunk", "params", "FLOPs vs tower", "time vs tower", "text recall 20/30/50%", "OCR recall 20/30/50%", "train time (pixels)"],

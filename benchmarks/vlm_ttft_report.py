@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from .timing import paired_ratio
+from .timing import paired_ratio, spread
 from .vlm_ttft import KEEPS, PREFILL_TARGETS, TTFT_TARGETS
 
 TARGET_SELECTOR_PCT = 5.0
@@ -20,6 +20,16 @@ def selector_share(config: dict[str, Any]) -> float:
     return 100 * paired_ratio([s["stages"]["selector"] for s in samples], [s["stages"]["vision tower"] for s in samples])
 
 
+def tower_spread(result: dict[str, Any]) -> float:
+    """How much the vision tower's time varied over every call of a case, (max - min) / median.
+
+    Every call runs the same tower on the same pixels, so this is the machine's own noise: ratios
+    closer to 1 than this are not measured differences.
+    """
+    times = [s["stages"]["vision tower"] for c in result["configs"].values() for s in c["samples"]]
+    return spread(times)
+
+
 def case_table(result: dict[str, Any]) -> dict[str, Any]:
     rows = []
     for name, c in result["configs"].items():
@@ -32,7 +42,8 @@ def case_table(result: dict[str, Any]) -> dict[str, Any]:
         ])  # fmt: skip
     return {
         "title": f"{result['title']}, {result['label']} ({result['visual_tokens_unpruned']} visual tokens; {result['rounds']} round(s), "
-        f"{result['dtype']}, {result['params'] / 1e9:.2f}B parameters)",
+        f"{result['dtype']}, {result['params'] / 1e9:.2f}B parameters; the tower's time, the same work in every call, varied "
+        f"{100 * tower_spread(result):.0f}%)",
         "columns": ["call", "visual tokens", "LLM tokens", "TTFT s", "TTFT speed-up", "tower s", "selector s (% of tower)",
                     "projector s", "LLM prefill s", "prefill speed-up", "other s", "peak MiB", "KV cache MiB"],
         "rows": rows,
@@ -48,12 +59,12 @@ def overview_table(results: list[dict[str, Any]]) -> dict[str, Any]:
             + [f"{c[f'keep {k:g}']['ttft_speedup']:.2f}x" for k in KEEPS]
             + [f"{c['adaptive']['ttft_speedup']:.2f}x ({c['adaptive']['visual_tokens']} kept)"]
             + [f"{c[f'keep {k:g}']['prefill_speedup']:.2f}x" for k in KEEPS[1:]]
-            + [f"{selector_share(c['keep 1']):.1f}%"]
+            + [f"{selector_share(c['keep 1']):.1f}%", f"{100 * tower_spread(r):.0f}% ({r['rounds']} round{'s' if r['rounds'] > 1 else ''})"]
         )
     return {
         "title": "Every case: TTFT speed-up vs the unpatched model, LLM prefill speed-up vs keep 1.0, selector time as % of the tower",
         "columns": ["model, image", "visual tokens", *[f"TTFT keep {k:g}" for k in KEEPS], "TTFT adaptive",
-                    *[f"prefill keep {k:g}" for k in KEEPS[1:]], "selector / tower"],
+                    *[f"prefill keep {k:g}" for k in KEEPS[1:]], "selector / tower", "noise: tower time spread"],
         "rows": rows,
     }  # fmt: skip
 

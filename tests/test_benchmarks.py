@@ -122,7 +122,7 @@ def test_selector_cost_times_every_trunk_and_reads_the_quality_file(suite) -> No
 
     results, _ = suite
     entry = results["benchmarks"]["selector_cost"]
-    assert set(entry["rows"]) == set(VARIANTS)
+    assert {row["variant"] for row in entry["rows"].values()} == set(VARIANTS)
     for row in entry["rows"].values():
         assert all(positive_number(pct) for pct in row["pct_of_tower"].values())
     assert entry["shipped"] in VARIANTS
@@ -143,3 +143,26 @@ def test_results_md_keeps_each_modes_section(suite, tmp_path: Path) -> None:
     assert markdown.index("(quick mode)") < markdown.index("(full-cpu mode)")
     report.write(quick, tmp_path / "results.json")  # the quick run again: the full-cpu section stays
     assert "(full-cpu mode)" in (tmp_path / "RESULTS.md").read_text()
+
+
+def test_rerender_rebuilds_tables_from_the_stored_samples(suite, tmp_path: Path) -> None:
+    """``python -m benchmarks.rerender``: the same tables from the run's own samples, nothing measured again."""
+    from benchmarks.rerender import main
+
+    results, out = suite
+    copy = tmp_path / "results.json"
+    copy.write_text(out.read_text())
+    assert main([str(copy)]) == 0
+    again = json.loads(copy.read_text())["benchmarks"]
+    for name in ("vlm_ttft", "selector_cost"):
+        assert again[name]["tables"][0]["rows"] and "re-" in again[name]["notes"][-1]
+    assert again["vlm_ttft"]["cases"] == json.loads(json.dumps(results["benchmarks"]["vlm_ttft"]["cases"]))
+
+
+def test_the_shipped_selector_trunk_is_the_one_the_measurements_pick() -> None:
+    """The CLIP and SigLIP configs carry one trunk, and it is what ``--full-cpu``'s selector_cost recommended."""
+    from benchmarks.trunks import default_trunk, shipped_key
+
+    assert default_trunk("clip_vit_l14_336") == default_trunk("siglip_so400m_384")
+    recorded = json.loads((REPO / "benchmarks" / "results-full-cpu.json").read_text())["benchmarks"]["selector_cost"]
+    assert recorded["recommended"] == shipped_key() == recorded["shipped"]

@@ -325,6 +325,18 @@ def test_refuses_to_replace_a_foreign_folder(tmp_path: Path) -> None:
     assert (tmp_path / "mine" / "notes.txt").read_text() == "keep me"
 
 
+def test_a_set_built_by_the_former_module_is_rebuilt_not_refused(tmp_path: Path) -> None:
+    """A demo folder from before the package was laid out by stage (builder ``token_reduction.data.default_set``)."""
+    old = tmp_path / "set"
+    (old / "photos").mkdir(parents=True)
+    (old / "photos" / "p0.png").write_bytes(b"old")
+    index = {"builder": ds.FORMER_BUILDERS[0], "builder_version": 2, "spec_sha256": "an older spec", "complete": True}
+    (old / ds.INDEX_NAME).write_text(json.dumps(index))
+    built = ds.build_default_set(old, num_images=12, size=64, seed=0, progress=False)
+    assert ds.is_complete(built) and json.loads((built / ds.INDEX_NAME).read_text())["builder"] == ds.BUILDER
+    assert not (built / "photos" / "p0.png").exists()
+
+
 def test_plan_counts_follow_the_spec() -> None:
     spec = ds.load_spec()
     assert ds.plan_counts(spec, spec["num_images"]) == spec["counts"]

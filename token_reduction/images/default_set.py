@@ -33,6 +33,7 @@ from token_reduction.images.styles import luminance, make_style, render_blank
 from token_reduction.resources import CHECKOUT, resource_path
 
 BUILDER = "token_reduction.images.default_set"
+FORMER_BUILDERS = ("token_reduction.data.default_set",)  # this module before the package was laid out by stage
 BUILDER_VERSION = 2
 INDEX_NAME = "index.json"
 KINDS = ("photo", "blank", "document", "receipt", "chart", "slide", "ui", "table", "form", "photo_text")
@@ -236,7 +237,7 @@ def is_complete(out_dir: str | Path, params: dict[str, Any] | None = None) -> bo
 
 def _is_ours(out_dir: Path) -> bool:
     try:
-        return json.loads((out_dir / INDEX_NAME).read_text()).get("builder") == BUILDER
+        return json.loads((out_dir / INDEX_NAME).read_text()).get("builder") in (BUILDER, *FORMER_BUILDERS)
     except (OSError, ValueError, AttributeError):
         return False
 
