@@ -35,7 +35,7 @@ from .llava_prefill import Shapes, build_model, make_inputs
 from .prefill_families import BUILDERS
 from .report import atomic_write_text
 from .stages import attached, cache_bytes, output_cache, peak_memory
-from .timing import machine_info, median, paired_ratio, synchronize
+from .timing import machine_info, median, paired_ratio, synchronize, timed
 
 OUT = Path(__file__).resolve().parent / "results" / "gpu_run.json"
 KEEPS = (1.0, 0.5, 0.25, 0.2, 0.1)
@@ -65,14 +65,6 @@ def inputs_for(name: str, model: Any, shapes: Shapes, size: tuple[int, int], dev
     if name.startswith("llava_onevision"):
         return make_inputs(prune_visual_tokens(model, get_method("random")), size, device, dtype)
     return BUILDERS["qwen2_5_vl"][1](shapes, device, dtype, size=size)
-
-
-def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    synchronize(device)
-    started = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    return time.perf_counter() - started, result
 
 
 def measure_image(model: Any, pruned: Any, selector: Any, inputs: dict[str, Any], rounds: int, device: torch.device) -> dict[str, Any]:

@@ -37,6 +37,15 @@ def seconds(fn: Callable[[], Any], number: int = 1) -> float:
     return timeit.Timer(stmt=fn, timer=synced_clock).timeit(number) / number
 
 
+def timed(fn: Callable[[], Any], device: str | torch.device) -> tuple[float, Any]:
+    """Seconds of one call of ``fn`` (the device synchronised before and after) and its result."""
+    synchronize(device)
+    started = time.perf_counter()
+    result = fn()
+    synchronize(device)
+    return time.perf_counter() - started, result
+
+
 def interleaved(
     candidates: Mapping[str, Callable[[], Any]],
     rounds: int,

@@ -23,7 +23,7 @@ from typing import Any, Callable
 import torch
 
 from .stages import STAGES, attached, cache_bytes, output_cache, peak_memory
-from .timing import median, paired_ratio, spread, synchronize
+from .timing import median, paired_ratio, spread, timed
 from .trunks import PAPER, default_trunk, make_selector
 
 KEEPS = (1.0, 0.5, 0.25, 0.1)
@@ -107,12 +107,11 @@ def measure_case(case: Case, model: Any, shapes: Any, device: torch.device, dtyp
     for keep in KEEPS:
         configs[f"keep {keep:g}"] = lambda keep=keep: pruned(**inputs, keep=keep, logits_to_keep=1, use_cache=True)
     configs["adaptive"] = lambda: pruned(**inputs, keep=None, logits_to_keep=1, use_cache=True)
-    selectors = {name: selector for name in configs if name != "unpatched"} | {"unpatched": None}
+    wrappers = {name: pruned for name in configs if name != "unpatched"} | {"unpatched": None}
     if case.paper_selector:
-        paper = make_selector(PAPER, dim, device, dtype, tiny)
-        paper_pruned = prune_visual_tokens(model, paper)
-        configs["keep 1, paper-width selector"] = lambda: paper_pruned(**inputs, keep=1.0, logits_to_keep=1, use_cache=True)
-        selectors["keep 1, paper-width selector"] = paper
+        paper = prune_visual_tokens(model, make_selector(PAPER, dim, device, dtype, tiny))
+        configs["keep 1, paper-width selector"] = lambda: paper(**inputs, keep=1.0, logits_to_keep=1, use_cache=True)
+        wrappers["keep 1, paper-width selector"] = paper
     names = list(configs)
     samples: dict[str, list[dict[str, Any]]] = {name: [] for name in names}
     kept: dict[str, int] = {}
@@ -120,36 +119,19 @@ def measure_case(case: Case, model: Any, shapes: Any, device: torch.device, dtyp
         configs["keep 0.1"]()  # warm-up: tower, selector and a short prefill, without the cost of a full one
         for r in range(case.rounds):
             for name in names if r % 2 == 0 else list(reversed(names)):
-                with attached(model, selectors[name], device) as clock:
-                    wall, (output, peak) = _timed(lambda: peak_memory(configs[name], device), device)
+                wrapper = wrappers[name]
+                with attached(model, wrapper.selector if wrapper else None, device) as clock:
+                    wall, (output, peak) = timed(lambda: peak_memory(configs[name], device), device)
                     stages = clock.read()
                 calls = dict(clock.calls)
                 samples[name].append({"ttft_s": wall, "stages": stages, "peak_bytes": peak, "kv_cache_bytes": cache_bytes(output_cache(output)), "calls": calls})
-                if name not in kept:
-                    kept[name] = _llm_tokens(name, pruned, paper_pruned if case.paper_selector else None, inputs)
+                if name not in kept:  # tokens the LLM read
+                    kept[name] = int(wrapper.last.attention_mask.sum() if wrapper else inputs["attention_mask"].sum())
                 del output
                 gc.collect()
             log(f"      round {r + 1}/{case.rounds} done")
     visual = _visual_tokens(inputs, model)
     return _summarise(case, names, samples, kept, visual, selector, dim, dtype)
-
-
-def _timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, Any]:
-    import time
-
-    synchronize(device)
-    started = time.perf_counter()
-    result = fn()
-    synchronize(device)
-    return time.perf_counter() - started, result
-
-
-def _llm_tokens(name: str, pruned: Any, paper: Any, inputs: dict[str, torch.Tensor]) -> int:
-    """Tokens the LLM read in the last call of configuration ``name``."""
-    if name == "unpatched":
-        return int(inputs["attention_mask"].sum())
-    source = paper if name.endswith("paper-width selector") else pruned
-    return int(source.last.attention_mask.sum())
 
 
 def _visual_tokens(inputs: dict[str, torch.Tensor], model: Any) -> int:
