@@ -11,13 +11,12 @@ per request is exact (bytes of the returned cache).
 from __future__ import annotations
 
 import gc
-import time
 from typing import Any, Callable
 
 import torch
 
 from .stages import attached, cache_bytes, output_cache, peak_memory
-from .timing import synchronize
+from .timing import timed
 
 BATCH = 8
 NEW_TOKENS = 32
@@ -47,11 +46,7 @@ def measure(pruned: Any, model: Any, selector: Any, inputs: dict[str, torch.Tens
         return_dict_in_generate=True,
     )  # fmt: skip
     with attached(model, selector, device) as clock:
-        synchronize(device)
-        started = time.perf_counter()
-        output, peak = peak_memory(call, device)
-        synchronize(device)
-        wall = time.perf_counter() - started
+        wall, (output, peak) = timed(lambda: peak_memory(call, device), device)
         llm = list(clock.llm_calls)
     batch = inputs["input_ids"].shape[0]
     new = output.sequences.shape[1] - pruned.last.input_ids.shape[1]

@@ -26,7 +26,7 @@ from token_reduction.models.selector import TokenSelector
 
 from .selector_overhead import TOWERS, Tower, build_tower, selector_flops, tower_features, tower_flops
 from .timing import interleaved, median, paired_ratio
-from .trunks import VARIANTS, shipped_key
+from .trunks import VARIANTS, shipped_key, toy
 
 BUDGET_PCT = 5.0  # selector time, % of the tower: at most ~5% of the time to first token (the tower is about half of it)
 TOLERANCE = {"text_recall": 0.01, "ocr": 0.02}  # of the means over 20/30/50 % kept: ~2x the demo's seed std
@@ -119,7 +119,7 @@ def run(ctx: Any) -> dict[str, Any]:
     variants = VARIANTS
     towers = [t.tiny() for t in TOWERS] if ctx.smoke else list(TOWERS)
     if ctx.smoke:
-        variants = {key: TrunkConfig(width=None if t.width is None else 16, depth=t.depth, heads=4, mlp_ratio=t.mlp_ratio) for key, t in VARIANTS.items()}
+        variants = {key: toy(trunk) for key, trunk in VARIANTS.items()}
     shipped = shipped_key()
     half_for = ["paper"] + ([shipped] if shipped and shipped != "paper" else [])
     rounds = 1 if ctx.smoke else 3

@@ -42,11 +42,16 @@ def shipped_key() -> str | None:
     return None
 
 
+def toy(trunk: TrunkConfig) -> TrunkConfig:
+    """The same trunk at smoke-run size: width 16 (the paper's stays the feature dim), 4 heads, same depth."""
+    return TrunkConfig(width=16 if trunk.width else None, depth=trunk.depth, heads=4, mlp_ratio=trunk.mlp_ratio)
+
+
 def make_selector(trunk: TrunkConfig, dim: int, device: torch.device, dtype: torch.dtype, tiny: bool = False) -> Any:
     """A random-weight ``TokenSelector`` with ``trunk`` (``tiny``: width 16 unless it is the paper's, for smoke runs)."""
     from token_reduction.models.selector import TokenSelector
 
     if tiny:
-        trunk = TrunkConfig(width=16 if trunk.width else None, depth=trunk.depth, heads=4, mlp_ratio=trunk.mlp_ratio)
+        trunk = toy(trunk)
     torch.manual_seed(0)
     return TokenSelector(dim, trunk).to(device, dtype).eval()
